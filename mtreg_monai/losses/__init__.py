@@ -1,1 +1,8 @@
-"""Placeholder; see the subpackage docs."""
+"""Losses: the MIND-SSC similarity and the smoothness regulariser on the paper's (voxelmorph's) scale."""
+
+from __future__ import annotations
+
+from .mind import MIND_SSC_CHANNELS, MINDSSCLoss, mind_ssc
+from .smoothness import SmoothnessLoss
+
+__all__ = ["MIND_SSC_CHANNELS", "MINDSSCLoss", "SmoothnessLoss", "mind_ssc"]

@@ -1,1 +1,7 @@
-"""Placeholder; see the subpackage docs."""
+"""Registration networks."""
+
+from __future__ import annotations
+
+from .mc_voxelmorph import DROPOUT_SCOPES, MCDropoutVoxelMorphUNet, MCVoxelMorph
+
+__all__ = ["DROPOUT_SCOPES", "MCDropoutVoxelMorphUNet", "MCVoxelMorph"]

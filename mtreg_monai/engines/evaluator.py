@@ -1,0 +1,113 @@
+"""Registration evaluator: the student registers each pair; metric handlers read the warped labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from ignite.engine import Engine, EventEnum
+from ignite.metrics import Metric
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.networks.blocks import Warp
+from monai.transforms import Transform
+from monai.utils import ForwardMode
+from torch.utils.data import DataLoader
+
+from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationKeys
+
+__all__ = ["RegistrationEvaluator"]
+
+Keys = RegistrationKeys
+
+
+class RegistrationEvaluator(SupervisedEvaluator):
+    """
+    Runs a registration network on fixed/moving pairs without gradients (MONAI ``SupervisedEvaluator``).
+
+    For every batch, ``engine.state.output`` holds the inputs and:
+
+    - ``ddf``: (B, 3, H, W, D) displacement in voxels, ``warped(x) = moving(x + ddf(x))``;
+    - ``warped_image``: the moving image warped with ``image_warp_mode`` (bilinear);
+    - ``warped_label``: when ``moving_label`` is given, the moving label map warped with nearest-neighbour
+      interpolation (labels keep their integer values; no gradient is needed at evaluation).
+
+    Attach :class:`~mtreg_monai.handlers.RegistrationMetricsHandler` (per-organ Dice, ASD, Jacobian figures) as
+    ``key_val_metric`` or in ``val_handlers``; the mean Dice is the usual key metric for the best checkpoint.
+
+    Args:
+        device: device of the network.
+        val_data_loader: loader of pair dictionaries.
+        network: ``(B, 2, H, W, D) -> ddf (B, 3, H, W, D)``.
+        image_warp_mode: interpolation of the moving image.
+        warp_padding_mode: padding outside the moving grid.
+        other args: as :class:`monai.engines.SupervisedEvaluator`; ``prepare_batch`` defaults to
+            :class:`~mtreg_monai.engines.PrepareRegistrationBatch`, ``decollate`` to ``False``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Iterable | DataLoader,
+        network: torch.nn.Module,
+        image_warp_mode: str = "bilinear",
+        warp_padding_mode: str = "border",
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable | None = None,
+        iteration_update: Callable[[Engine, Any], Any] | None = None,
+        postprocessing: Transform | None = None,
+        key_val_metric: dict[str, Metric] | None = None,
+        additional_metrics: dict[str, Metric] | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        val_handlers: Sequence | None = None,
+        amp: bool = False,
+        mode: ForwardMode | str = ForwardMode.EVAL,
+        event_names: list[str | EventEnum | type[EventEnum]] | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = False,
+        to_kwargs: dict | None = None,
+        amp_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            network=network,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=PrepareRegistrationBatch() if prepare_batch is None else prepare_batch,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_val_metric=key_val_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            val_handlers=val_handlers,
+            amp=amp,
+            mode=mode,
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+            amp_kwargs=amp_kwargs,
+        )
+        self.image_warp = Warp(mode=image_warp_mode, padding_mode=warp_padding_mode)
+        self.label_warp = Warp(mode="nearest", padding_mode=warp_padding_mode)
+
+    def _iteration(self, engine: RegistrationEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        engine.state.output = out = dict(batch)
+        fixed, moving = out[Keys.FIXED_IMAGE], out[Keys.MOVING_IMAGE]
+        device_type = torch.device(engine.state.device).type
+        with engine.mode(engine.network), torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):
+            ddf = engine.network(torch.cat([moving, fixed], dim=1)).float()
+            out[Keys.DDF] = ddf
+            out[Keys.WARPED_IMAGE] = self.image_warp(moving.float(), ddf)
+            if Keys.MOVING_LABEL in out:
+                moving_label = out[Keys.MOVING_LABEL]
+                out[Keys.WARPED_LABEL] = self.label_warp(moving_label.float(), ddf).round().to(moving_label.dtype)
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return out
