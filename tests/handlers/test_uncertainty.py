@@ -67,8 +67,8 @@ def test_handler_outputs_and_shapes():
 def test_no_dropout_no_uncertainty():
     net = MCVoxelMorph(dropout=0.0, **SMALL).eval()
     out = _run(MCUncertaintyHandler(net, num_samples=3), torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))
-    assert torch.equal(out["u_phi"], torch.zeros_like(out["u_phi"]))
-    assert torch.equal(out["u_image"], torch.zeros_like(out["u_image"]))
+    # identical samples: zero up to the rounding of their mean
+    assert out["u_phi"].max() < 1e-5 and out["u_image"].max() < 1e-5
 
 
 def test_ill_opts():

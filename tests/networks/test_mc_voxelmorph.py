@@ -156,3 +156,27 @@ def test_trace():
     with torch.no_grad(), pytest.warns(torch.jit.TracerWarning):
         traced = torch.jit.trace(net, x)
         torch.testing.assert_close(traced(x), net(x))
+
+
+def test_channelwise_head_samples_drop_whole_channels():
+    """With channel-wise head dropout a sample is the head applied to features with whole channels zeroed."""
+    net = MCDropoutVoxelMorphUNet(dropout=0.5, dropout_scope="head", **SMALL).eval()
+    x = torch.rand(1, 2, *SIZE)
+    with torch.no_grad(), mc_dropout_mode(net):
+        y = net.decode(net.encode(x))
+        torch.manual_seed(5)
+        samples = net.mc_sample(x, 3)
+        torch.manual_seed(5)
+        for n in range(3):
+            keep = torch.empty(1, y.shape[1]).bernoulli_(0.5) / 0.5
+            expected = net.head(y * keep[:, :, None, None, None])
+            torch.testing.assert_close(samples[n], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_channels_last_follows_weights():
+    net = MCVoxelMorph(dropout=0.1, **SMALL).eval()
+    x = torch.rand(1, 2, *SIZE)
+    with torch.no_grad():
+        expected = net(x)
+        net = net.to(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-6)

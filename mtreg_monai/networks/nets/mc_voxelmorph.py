@@ -70,6 +70,9 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         final_channels: convolutions at full resolution before the head (at least one).
         dropout: dropout probability of the MC dropout layers, in ``[0, 1)``.
         dropout_scope: one of :data:`DROPOUT_SCOPES`.
+        channelwise_dropout: drop whole feature channels (as ``nn.Dropout3d``) rather than single voxels. With
+            scope ``"head"`` this makes a sample a linear combination of per-channel head responses, so N samples
+            cost one grouped convolution plus N weighted sums instead of N head convolutions.
         kernel_size: convolution kernel size.
         head_init_std: standard deviation of the head's initial weights.
         condition_dim: 0 (default) for an unconditional network; ``n > 0`` adds a conditional instance
@@ -98,6 +101,7 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         final_channels: Sequence[int] = (16, 16),
         dropout: float = 0.0,
         dropout_scope: str = "head",
+        channelwise_dropout: bool = True,
         kernel_size: int = 3,
         head_init_std: float = 1e-5,
         condition_dim: int = 0,
@@ -119,6 +123,7 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = spatial_dims if out_channels is None else int(out_channels)
         self.dropout = MCDropout(dropout).p  # validates the probability
+        self.channelwise_dropout = bool(channelwise_dropout)
         self.dropout_scope = look_up_option(dropout_scope, DROPOUT_SCOPES)
         self.levels = len(enc)
 
@@ -129,7 +134,7 @@ class MCDropoutVoxelMorphUNet(nn.Module):
                 )
             ]
             if stochastic and self.dropout > 0:
-                layers.append(MCDropout(self.dropout))
+                layers.append(MCDropout(self.dropout, channelwise=self.channelwise_dropout))
             return nn.Sequential(*layers)
 
         drop_enc = self.dropout_scope == "all"
@@ -162,7 +167,9 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         self.conditioning = nn.ModuleList(
             [ConditionalInstanceNorm(c_out, condition_dim) for c_out in decoder_side] if condition_dim else []
         )
-        self.head_dropout: nn.Module = MCDropout(self.dropout) if self.dropout > 0 else nn.Identity()
+        self.head_dropout: nn.Module = (
+            MCDropout(self.dropout, channelwise=self.channelwise_dropout) if self.dropout > 0 else nn.Identity()
+        )
         conv_type = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
         self.head = conv_type(c, self.out_channels, kernel_size=kernel_size, padding=kernel_size // 2)
         nn.init.normal_(self.head.weight, mean=0.0, std=head_init_std)
@@ -188,7 +195,14 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Encoder features, finest first: ``[x, e_1 (S/2), ..., e_L (S/2^L)]``."""
+        """
+        Encoder features, finest first: ``[x, e_1 (S/2), ..., e_L (S/2^L)]``.
+
+        The input follows the memory format of the weights: after ``net.to(memory_format=torch.channels_last_3d)``
+        (about 15 % faster on a CPU) the input is made channels-last too.
+        """
+        if self.spatial_dims == 3 and self.head.weight.is_contiguous(memory_format=torch.channels_last_3d):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         feats = [x]
         for layer in self.encoder:
             feats.append(layer(feats[-1]))
@@ -270,7 +284,30 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         if self.dropout_scope == "decoder":
             return torch.stack([self.forward_head(self.decode(feats, code)) for _ in range(num_samples)])
         y = self.decode(feats, code)
+        drop = self.head_dropout
+        if isinstance(drop, MCDropout) and drop.channelwise and drop.stochastic:
+            return self._linear_head_samples(y, drop, num_samples)
         return torch.stack([self.forward_head(y) for _ in range(num_samples)])
+
+    def _linear_head_samples(self, y: torch.Tensor, drop: MCDropout, num_samples: int) -> torch.Tensor:
+        """
+        Head outputs for ``num_samples`` channel-dropout masks, through the linearity of the head convolution.
+
+        ``head(m * y) = bias + sum_k m_k * conv(y_k, W[:, k])``: the per-channel responses come from one grouped
+        convolution, and each sample is then a weighted sum of them. The masks are drawn exactly as ``forward``
+        draws them, one sample after the other.
+        """
+        b, c = y.shape[:2]
+        out = self.out_channels
+        weight = self.head.weight  # (out, c, k, ...)
+        grouped = weight.transpose(0, 1).reshape(c * out, 1, *weight.shape[2:])
+        conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
+        responses = conv(y, grouped, padding=self.head.padding, groups=c)  # (B, c * out, *spatial)
+        responses = responses.reshape(b, c, out, -1)
+        masks = torch.stack([drop.channel_mask(b, c, y) for _ in range(num_samples)])  # (N, B, c)
+        samples = torch.einsum("nbk,bkop->nbop", masks, responses)
+        samples = samples + self.head.bias.reshape(1, 1, out, 1)
+        return samples.reshape(num_samples, b, out, *y.shape[2:])
 
 
 class MCVoxelMorph(nn.Module):
