@@ -26,31 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from mtreg_monai.losses import MINDSSCLoss
+from mtreg_monai.losses import MINDSSCLoss, mind_ssc_reference
 from mtreg_monai.losses.mind import _PAIRS
-
-
-def reference_mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
-    """MIND-SSC as in ConvexAdam/TransMorph (channel order included), on the input's device."""
-    six = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
-    dist = ((six[:, None, :] - six[None, :, :]) ** 2).sum(-1)
-    x, y = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
-    mask = (x > y).reshape(-1) & (dist == 2).reshape(-1)
-    idx1 = six.unsqueeze(1).repeat(1, 6, 1).reshape(-1, 3)[mask]
-    idx2 = six.unsqueeze(0).repeat(6, 1, 1).reshape(-1, 3)[mask]
-    k1 = torch.zeros(12, 1, 3, 3, 3, dtype=img.dtype, device=img.device)
-    k2 = torch.zeros_like(k1)
-    ar = torch.arange(12)
-    k1.view(-1)[ar * 27 + idx1[:, 0] * 9 + idx1[:, 1] * 3 + idx1[:, 2]] = 1
-    k2.view(-1)[ar * 27 + idx2[:, 0] * 9 + idx2[:, 1] * 3 + idx2[:, 2]] = 1
-    p = F.pad(img, (dilation,) * 6, mode="replicate")
-    diff = F.conv3d(p, k1, dilation=dilation) - F.conv3d(p, k2, dilation=dilation)
-    ssd = F.avg_pool3d(F.pad(diff**2, (radius,) * 6, mode="replicate"), 2 * radius + 1, stride=1)
-    mind = ssd - torch.min(ssd, 1, keepdim=True)[0]
-    var = torch.mean(mind, 1, keepdim=True)
-    var = torch.clamp(var, (var.mean() * 0.001).item(), (var.mean() * 1000).item())
-    mind = torch.exp(-(mind / var))
-    return mind[:, [6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3]]
 
 
 def separable_mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
@@ -91,7 +68,7 @@ def main() -> None:
         with torch.no_grad():
             target_mind = loss_fn.descriptor(target)
 
-        def run_ref(fn=reference_mind_ssc):
+        def run_ref(fn=mind_ssc_reference):
             ((fn(pred) - fn(target)) ** 2).mean().backward()
 
         runs = {
@@ -103,7 +80,7 @@ def main() -> None:
             ).backward(),
         }
         with torch.no_grad():
-            ref = reference_mind_ssc(target)
+            ref = mind_ssc_reference(target)
             err = max((fn(target) - ref).abs().max().item() for fn in (separable_mind_ssc, loss_fn.descriptor))
         times: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():  # warm-up

@@ -5,30 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtreg_monai.losses import MIND_SSC_CHANNELS, MINDSSCLoss, mind_ssc
-
-
-def reference_mind_ssc(img: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.Tensor:
-    """MIND-SSC as written in ConvexAdam/TransMorph (conv shift kernels, 3-D avg_pool, channel permutation)."""
-    six = torch.tensor([[0, 1, 1], [1, 1, 0], [1, 0, 1], [1, 1, 2], [2, 1, 1], [1, 2, 1]])
-    dist = ((six[:, None, :] - six[None, :, :]) ** 2).sum(-1)
-    x, y = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
-    mask = (x > y).reshape(-1) & (dist == 2).reshape(-1)
-    idx1 = six.unsqueeze(1).repeat(1, 6, 1).reshape(-1, 3)[mask]
-    idx2 = six.unsqueeze(0).repeat(6, 1, 1).reshape(-1, 3)[mask]
-    k1 = torch.zeros(12, 1, 3, 3, 3, dtype=img.dtype)
-    k2 = torch.zeros_like(k1)
-    ar = torch.arange(12)
-    k1.view(-1)[ar * 27 + idx1[:, 0] * 9 + idx1[:, 1] * 3 + idx1[:, 2]] = 1
-    k2.view(-1)[ar * 27 + idx2[:, 0] * 9 + idx2[:, 1] * 3 + idx2[:, 2]] = 1
-    p = F.pad(img, (dilation,) * 6, mode="replicate")
-    diff = F.conv3d(p, k1, dilation=dilation) - F.conv3d(p, k2, dilation=dilation)
-    ssd = F.avg_pool3d(F.pad(diff**2, (radius,) * 6, mode="replicate"), 2 * radius + 1, stride=1)
-    mind = ssd - torch.min(ssd, 1, keepdim=True)[0]
-    var = torch.mean(mind, 1, keepdim=True)
-    var = torch.clamp(var, (var.mean() * 0.001).item(), (var.mean() * 1000).item())
-    mind = torch.exp(-(mind / var))
-    return mind[:, [6, 8, 1, 11, 2, 10, 0, 7, 9, 4, 5, 3]]
+from mtreg_monai.losses import MIND_SSC_CHANNELS, MINDSSCLoss, mind_ssc, mind_ssc_reference
 
 
 def _rand(*shape, dtype=torch.float32, seed=0):
@@ -75,7 +52,7 @@ REFERENCE_CASES = [
 @pytest.mark.parametrize("radius,dilation,shape", REFERENCE_CASES)
 def test_matches_reference(radius, dilation, shape):
     img = _rand(1, 1, *shape, dtype=torch.float64)
-    expected = reference_mind_ssc(img, radius, dilation)
+    expected = mind_ssc_reference(img, radius, dilation)
     out = mind_ssc(img, radius=radius, dilation=dilation)
     assert out.shape == (1, MIND_SSC_CHANNELS, *shape)
     assert out.dtype == torch.float64
@@ -104,13 +81,13 @@ def test_gradient_matches_reference(radius, dilation, kind):
     img = _clamped_image(kind)
     ours, ref = img.clone().requires_grad_(), img.clone().requires_grad_()
     desc = mind_ssc(ours, radius, dilation)
-    torch.testing.assert_close(desc, reference_mind_ssc(img, radius, dilation), rtol=0, atol=1e-12)
+    torch.testing.assert_close(desc, mind_ssc_reference(img, radius, dilation), rtol=0, atol=1e-12)
     if kind != "random":  # the case really exercises the clamp
         var = (-torch.log(desc.detach())).mean(1)  # mean_c mind_c / V = (mean_c mind_c) / V: 1 where unclamped
         assert ((var - 1.0).abs() > 1e-6).any()
     weights = _rand(1, MIND_SSC_CHANNELS, *img.shape[2:], dtype=torch.float64, seed=1)
     (desc * weights).sum().backward()
-    (reference_mind_ssc(ref, radius, dilation) * weights).sum().backward()
+    (mind_ssc_reference(ref, radius, dilation) * weights).sum().backward()
     assert ref.grad.abs().max() > 1.0  # a real gradient, not a trivially zero one
     torch.testing.assert_close(ours.grad, ref.grad, rtol=1e-9, atol=1e-9 * ref.grad.abs().max().item())
 
@@ -160,7 +137,7 @@ def test_loss_properties():
     value = loss(a, b)
     assert 0.0 < value.item() < 1.0
     torch.testing.assert_close(loss(b, a), value)  # symmetric
-    expected = ((reference_mind_ssc(a) - reference_mind_ssc(b)) ** 2).mean()
+    expected = ((mind_ssc_reference(a) - mind_ssc_reference(b)) ** 2).mean()
     torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-6)
 
 
@@ -191,7 +168,7 @@ def test_degenerate_input_finite(name, image):
     assert torch.isfinite(desc).all(), name
     if name in ("zeros", "constant"):
         assert (desc == 1.0).all()  # the guarded value exp(0) where the reference gives 0/0 = NaN
-        assert torch.isnan(reference_mind_ssc(image)).all()
+        assert torch.isnan(mind_ssc_reference(image)).all()
     target = _rand(*image.shape, seed=3)
     for pred, tgt in ((image, target), (target, image), (image, image)):
         pred = pred.clone().requires_grad_()

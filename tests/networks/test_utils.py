@@ -39,3 +39,16 @@ def test_ill_type():
     with pytest.raises(TypeError, match="nn.Module"):
         with mc_dropout_mode("net"):
             pass
+
+
+def test_channelwise_mc_dropout_drops_whole_channels():
+    drop = MCDropout(0.5, channelwise=True).eval()
+    x = torch.ones(4, 64, 3, 3, 3)
+    with mc_dropout_mode(drop):
+        y = drop(x)
+    per_channel = y.reshape(4, 64, -1)
+    assert torch.equal(per_channel.amin(-1), per_channel.amax(-1))  # one value per channel
+    assert set(per_channel[..., 0].unique().tolist()) == {0.0, 2.0}
+    with pytest.raises(ValueError, match="channel-wise"):
+        with mc_dropout_mode(drop):
+            drop(torch.ones(5))
