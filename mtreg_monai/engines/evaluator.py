@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -31,7 +32,8 @@ class RegistrationEvaluator(SupervisedEvaluator):
     - ``ddf``: (B, 3, H, W, D) displacement in voxels, ``warped(x) = moving(x + ddf(x))``;
     - ``warped_image``: the moving image warped with ``image_warp_mode`` (bilinear);
     - ``warped_label``: when ``moving_label`` is given, the moving label map warped with nearest-neighbour
-      interpolation (labels keep their integer values; no gradient is needed at evaluation).
+      interpolation (labels keep their integer values; no gradient is needed at evaluation);
+    - ``seconds``: wall time of the registration of the batch (network and warps, on CUDA synchronised), s.
 
     Attach :class:`~mtreg_monai.handlers.RegistrationMetricsHandler` (per-organ Dice, ASD, Jacobian figures) as
     ``key_val_metric`` or in ``val_handlers``; the mean Dice is the usual key metric for the best checkpoint.
@@ -101,6 +103,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
         engine.state.output = out = dict(batch)
         fixed, moving = out[Keys.FIXED_IMAGE], out[Keys.MOVING_IMAGE]
         device_type = torch.device(engine.state.device).type
+        start = time.perf_counter()
         with engine.mode(engine.network), torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):
             ddf = engine.network(torch.cat([moving, fixed], dim=1)).float()
             out[Keys.DDF] = ddf
@@ -108,6 +111,9 @@ class RegistrationEvaluator(SupervisedEvaluator):
             if Keys.MOVING_LABEL in out:
                 moving_label = out[Keys.MOVING_LABEL]
                 out[Keys.WARPED_LABEL] = self.label_warp(moving_label.float(), ddf).round().to(moving_label.dtype)
+        if device_type == "cuda":
+            torch.cuda.synchronize(torch.device(engine.state.device))
+        out[Keys.SECONDS] = time.perf_counter() - start
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

@@ -42,6 +42,7 @@ class RegistrationKeys(StrEnum):
     FRACTION_IMAGE = "uncertain_fraction_image"
     REG_WEIGHT = "reg_weight"
     NONFINITE = "nonfinite"
+    SECONDS = "seconds"
 
 
 class RegistrationEvents(EventEnum):
