@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .datalist import DATALIST_SECTIONS, load_registration_datalist
+from .learn2reg import LEARN2REG_PAIR_SECTIONS, convert_learn2reg_datalist, is_learn2reg_datalist, resolve_datalist
 from .phantom import CT_INTENSITIES, MR_INTENSITIES, make_phantom_dataset, make_phantom_pair
 from .phantom_anatomy import BREATHING_WEIGHTS, ORGAN_LABELS, ORGANS, TISSUES
 
@@ -10,11 +11,15 @@ __all__ = [
     "BREATHING_WEIGHTS",
     "CT_INTENSITIES",
     "DATALIST_SECTIONS",
+    "LEARN2REG_PAIR_SECTIONS",
     "MR_INTENSITIES",
     "ORGANS",
     "ORGAN_LABELS",
     "TISSUES",
+    "convert_learn2reg_datalist",
+    "is_learn2reg_datalist",
     "load_registration_datalist",
     "make_phantom_dataset",
     "make_phantom_pair",
+    "resolve_datalist",
 ]

@@ -16,7 +16,7 @@ from monai.transforms import Transform
 from monai.utils import ForwardMode
 from torch.utils.data import DataLoader
 
-from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationKeys
+from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationEvents, RegistrationKeys
 
 __all__ = ["RegistrationEvaluator"]
 
@@ -34,6 +34,10 @@ class RegistrationEvaluator(SupervisedEvaluator):
     - ``warped_label``: when ``moving_label`` is given, the moving label map warped with nearest-neighbour
       interpolation (labels keep their integer values; no gradient is needed at evaluation);
     - ``seconds``: wall time of the registration of the batch (network and warps, on CUDA synchronised), s.
+
+    Before the registration it fires :attr:`RegistrationEvents.TEACHER_PASS
+    <mtreg_monai.engines.RegistrationEvents>`, so that :class:`~mtreg_monai.handlers.MCUncertaintyHandler`
+    attached here adds Monte Carlo uncertainty maps (``u_phi``, ``u_image``) of the network it is given.
 
     Attach :class:`~mtreg_monai.handlers.RegistrationMetricsHandler` (per-organ Dice, ASD, Jacobian figures) as
     ``key_val_metric`` or in ``val_handlers``; the mean Dice is the usual key metric for the best checkpoint.
@@ -87,7 +91,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
             val_handlers=val_handlers,
             amp=amp,
             mode=mode,
-            event_names=event_names,
+            event_names=[RegistrationEvents, *(event_names or [])],
             event_to_attr=event_to_attr,
             decollate=decollate,
             to_kwargs=to_kwargs,
@@ -102,6 +106,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         engine.state.output = out = dict(batch)
         fixed, moving = out[Keys.FIXED_IMAGE], out[Keys.MOVING_IMAGE]
+        engine.fire_event(RegistrationEvents.TEACHER_PASS)
         device_type = torch.device(engine.state.device).type
         start = time.perf_counter()
         with engine.mode(engine.network), torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine
 from monai.networks.blocks import Warp
+from monai.networks.utils import eval_mode
 
 from mtreg_monai.engines.utils import RegistrationEvents, RegistrationKeys
 from mtreg_monai.networks.utils import mc_dropout_mode
@@ -53,8 +54,8 @@ def mc_predictions(
     ``num_samples`` MC dropout displacements and warped moving images, without gradients.
 
     Uses ``network.mc_sample`` (which shares the layers before the first dropout) when the network has it,
-    else ``num_samples`` forward passes. Dropout is made stochastic with
-    :func:`~mtreg_monai.networks.utils.mc_dropout_mode`, other layers keep their mode.
+    else ``num_samples`` forward passes. The network runs in eval mode (MONAI ``eval_mode``, restored after) with
+    only its dropout made stochastic by :func:`~mtreg_monai.networks.utils.mc_dropout_mode`.
 
     Args:
         network: ``(B, 2, H, W, D) -> ddf (B, 3, H, W, D)``.
@@ -67,7 +68,7 @@ def mc_predictions(
         ``(ddfs, warped)``: (N, B, 3, H, W, D) displacements in voxels and (N, B, 1, H, W, D) warped images.
     """
     x = torch.cat([moving, fixed], dim=1)
-    with torch.no_grad(), mc_dropout_mode(network):
+    with eval_mode(network), mc_dropout_mode(network):
         if hasattr(network, "mc_sample"):
             ddfs = network.mc_sample(x, num_samples)
         else:

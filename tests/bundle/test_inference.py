@@ -1,0 +1,120 @@
+"""Inference bundle: results on the fixed image's original grid, in ITK's displacement convention."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.bundle import ConfigWorkflow
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "bundle" / "configs"
+SMALL_NET = {
+    "network_def#encoder_channels": [4, 8, 8, 8],
+    "network_def#decoder_channels": [8, 8, 8, 8],
+    "network_def#refine_channels": [8],
+    "network_def#final_channels": [4, 4],
+}
+COMMON = {
+    "spatial_size": [32, 32, 32],
+    "phantom#num_pairs": 4,
+    "phantom#num_val": 1,
+    "phantom#num_test": 1,
+    "num_mc_samples": 3,
+    **SMALL_NET,
+}
+
+
+def _run(config_files, tmp_path: Path, run_id: str, **overrides) -> ConfigWorkflow:
+    wf = ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in config_files],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=False,
+        run_id=run_id,
+        workflow_type=None,
+        bundle_root=str(tmp_path / "bundle"),
+        phantom_dir=str(tmp_path / "phantom"),
+        **COMMON,
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("trained")
+    _run(["train.json"], tmp_path, "training", epochs=2, val_interval=1, learning_rate=1e-3)
+    return tmp_path
+
+
+def _flip_to_lps(src: str, dst: str) -> None:
+    """Same anatomy, stored with the first two array axes reversed and an LPS-style affine."""
+    img = nib.load(src)
+    data = np.asarray(img.dataobj)[::-1, ::-1, :]
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3], flip[1, 3] = data.shape[0] - 1, data.shape[1] - 1
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine @ flip), dst)
+
+
+def test_inference_writes_itk_field_on_fixed_grid(trained, tmp_path):
+    wf = _run(["train.json", "inference.json"], trained, "inference", mc_uncertainty=True, infer_dir=str(tmp_path / "out"))
+    pairs = sorted((tmp_path / "out").iterdir())
+    assert len(pairs) == 1  # one test pair
+    files = {p.name for p in pairs[0].iterdir()}
+    assert files == {
+        "ddf.nii.gz",
+        "warped_moving.nii.gz",
+        "warped_moving_label.nii.gz",
+        "uncertainty_phi.nii.gz",
+        "uncertainty_image.nii.gz",
+    }
+    datalist = json.loads((trained / "phantom" / "dataset.json").read_text())
+    item = {k: str(trained / "phantom" / v) for k, v in datalist["test"][0].items() if k.endswith(("image", "label"))}
+    fixed = sitk.ReadImage(item["fixed_image"])
+    field = sitk.ReadImage(str(pairs[0] / "ddf.nii.gz"))
+    assert field.GetNumberOfComponentsPerPixel() == 3 and field.GetSize() == fixed.GetSize()
+    assert np.allclose(field.GetOrigin(), fixed.GetOrigin()) and np.allclose(field.GetDirection(), fixed.GetDirection())
+    # the evaluator's own warped label (nearest, on the network grid) agrees with ITK applying the written field
+    evaluator = wf.parser.get_parsed_content("infer#evaluator")
+    ours = evaluator.state.output["warped_label"][0, 0].cpu().numpy()
+    itk = sitk.GetArrayFromImage(sitk.ReadImage(str(pairs[0] / "warped_moving_label.nii.gz"))).transpose(2, 1, 0)
+    agree = (ours == itk)[ours + itk > 0].mean()
+    assert agree > 0.97
+    # and the displacement is the network's, converted to mm: voxel size 176/32 = 5.5 mm along axis 0
+    ddf_vox = evaluator.state.output["ddf"][0].cpu().numpy()
+    u_lps = sitk.GetArrayFromImage(field).transpose(2, 1, 0, 3)
+    np.testing.assert_allclose(-u_lps[..., 0], ddf_vox[0] * 176 / 32, rtol=1e-4, atol=1e-4)
+    u = sitk.GetArrayFromImage(sitk.ReadImage(str(pairs[0] / "uncertainty_image.nii.gz")))
+    assert np.isfinite(u).all() and u.max() > 0
+
+
+def test_orientation_is_handled_by_affines(trained, tmp_path):
+    """The same pair stored RAS and LPS gives the same registration, in world space."""
+    datalist = json.loads((trained / "phantom" / "dataset.json").read_text())
+    pair = {k: str(trained / "phantom" / v) for k, v in datalist["test"][0].items() if k.endswith(("image", "label"))}
+    lps = {}
+    for key, path in pair.items():
+        lps[key] = str(tmp_path / f"lps_{key}.nii.gz")
+        _flip_to_lps(path, lps[key])
+    (tmp_path / "ras.json").write_text(json.dumps({"training": [], "validation": [], "test": [pair]}))
+    (tmp_path / "lps.json").write_text(json.dumps({"training": [], "validation": [], "test": [lps]}))
+    results = {}
+    for name in ("ras", "lps"):
+        out = tmp_path / f"out_{name}"
+        _run(["train.json", "inference.json"], trained, "inference", datalist=str(tmp_path / f"{name}.json"), infer_dir=str(out))
+        (pair_dir,) = out.iterdir()
+        warped = nib.as_closest_canonical(nib.load(str(pair_dir / "warped_moving.nii.gz")))
+        field = sitk.ReadImage(str(pair_dir / "ddf.nii.gz"))
+        results[name] = (np.asarray(warped.dataobj), warped.affine, sitk.GetArrayFromImage(field))
+    np.testing.assert_allclose(results["ras"][1], results["lps"][1], atol=1e-4)
+    np.testing.assert_allclose(results["ras"][0], results["lps"][0], atol=0.5)  # HU, float32 rounding
+    # world-space vectors of the same physical voxels are the same (SimpleITK arrays flipped back)
+    np.testing.assert_allclose(results["ras"][2], results["lps"][2][:, ::-1, ::-1], atol=1e-3)
