@@ -22,7 +22,7 @@ from typing import Any
 
 from mtreg_monai.transforms.utils import IMAGE_KEYS, LABEL_KEYS
 
-__all__ = ["DATALIST_SECTIONS", "load_registration_datalist"]
+__all__ = ["DATALIST_SECTIONS", "load_registration_datalist", "read_json_file"]
 
 DATALIST_SECTIONS: tuple[str, str, str] = ("training", "validation", "test")
 """The conventional sections; any other top-level list can be read too."""
@@ -34,6 +34,31 @@ def _is_within(path: Path, root: Path) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_json_file(path: str | os.PathLike, kind: str = "JSON") -> tuple[Any, Path]:
+    """
+    Parse a JSON file, with errors that name it.
+
+    Args:
+        path: the file.
+        kind: what the file is, for the messages (``"Datalist"``, ``"Dataset JSON"``).
+
+    Returns:
+        ``(content, path)``, the path with ``~`` expanded.
+
+    Raises:
+        FileNotFoundError: when the file does not exist.
+        ValueError: when it is not valid UTF-8 JSON.
+    """
+    json_path = Path(path).expanduser()
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{kind} file not found: '{json_path}'.")
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            return json.load(f), json_path
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{kind} '{json_path}' is not valid JSON: {e}.") from e
 
 
 def load_registration_datalist(
@@ -83,14 +108,7 @@ def load_registration_datalist(
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}.")
     if not isinstance(section, str):
         raise TypeError(f"section must be a str such as 'training', got {type(section).__name__}.")
-    json_path = Path(path).expanduser()
-    if not json_path.is_file():
-        raise FileNotFoundError(f"Datalist file not found: '{json_path}'.")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            content = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"Datalist '{json_path}' is not valid JSON: {e}.") from e
+    content, json_path = read_json_file(path, "Datalist")
     if not isinstance(content, dict):
         raise ValueError(
             f"Datalist '{json_path}' must hold a JSON object with sections such as {list(DATALIST_SECTIONS)}, "

@@ -20,7 +20,7 @@ from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
-from mtreg_monai.data.datalist import DATALIST_SECTIONS
+from mtreg_monai.data.datalist import DATALIST_SECTIONS, read_json_file
 
 __all__ = ["LEARN2REG_PAIR_SECTIONS", "convert_learn2reg_datalist", "is_learn2reg_datalist", "resolve_datalist"]
 
@@ -40,14 +40,7 @@ _RESOLVED_NAME = "datalist_learn2reg.json"
 def _read_json(path: str | os.PathLike) -> tuple[dict[str, Any], Path]:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"the dataset JSON must be a str or os.PathLike path, got {type(path).__name__}.")
-    json_path = Path(path).expanduser()
-    if not json_path.is_file():
-        raise FileNotFoundError(f"Dataset JSON not found: '{json_path}'.")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            content = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"Dataset JSON '{json_path}' is not valid JSON: {e}.") from e
+    content, json_path = read_json_file(path, "Dataset JSON")
     if not isinstance(content, dict):
         raise ValueError(f"Dataset JSON '{json_path}' must hold a JSON object, got a {type(content).__name__}.")
     return content, json_path
