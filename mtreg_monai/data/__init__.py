@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .datalist import DATALIST_SECTIONS, load_registration_datalist
+from .datalist import DATALIST_SECTIONS, load_registration_datalist, read_json_file
 from .learn2reg import LEARN2REG_PAIR_SECTIONS, convert_learn2reg_datalist, is_learn2reg_datalist, resolve_datalist
 from .phantom import CT_INTENSITIES, MR_INTENSITIES, make_phantom_dataset, make_phantom_pair
 from .phantom_anatomy import BREATHING_WEIGHTS, ORGAN_LABELS, ORGANS, TISSUES
@@ -19,6 +19,7 @@ __all__ = [
     "convert_learn2reg_datalist",
     "is_learn2reg_datalist",
     "load_registration_datalist",
+    "read_json_file",
     "make_phantom_dataset",
     "make_phantom_pair",
     "resolve_datalist",

@@ -1,4 +1,4 @@
-"""Ignite handlers: mean teacher, MC-dropout uncertainty, adaptive and sampled regularisation weights."""
+"""Ignite handlers: mean teacher, MC-dropout uncertainty, regularisation weights, metrics, reports, writers, figures."""
 
 from __future__ import annotations
 
@@ -7,28 +7,28 @@ from .metrics import RegistrationMetricsHandler, registration_metric_inputs, spa
 from .report import RegistrationReportHandler, format_mean_std, summarise_columns
 from .teacher import MeanTeacherHandler
 from .uncertainty import MCUncertaintyHandler, coefficient_of_variation, mc_predictions
-from .writer import RAS_TO_LPS, RegistrationWriter, ddf_to_world
 from .weighting import AdaptiveWeightHandler, RandomRegWeightHandler, uncertain_fraction
+from .writer import RAS_TO_LPS, RegistrationWriter, ddf_to_world
 
 __all__ = [
-    "RAS_TO_LPS",
-    "RegistrationWriter",
-    "ddf_to_world",
-    "RegistrationFigureHandler",
-    "RegistrationMetricsHandler",
-    "RegistrationReportHandler",
-    "WeightCurveHandler",
-    "registration_metric_inputs",
-    "save_pair_figure",
-    "save_weight_curves",
-    "spacing_from_affine",
     "AdaptiveWeightHandler",
+    "coefficient_of_variation",
+    "ddf_to_world",
+    "format_mean_std",
+    "mc_predictions",
     "MCUncertaintyHandler",
     "MeanTeacherHandler",
     "RandomRegWeightHandler",
-    "coefficient_of_variation",
-    "mc_predictions",
-    "uncertain_fraction",
-    "format_mean_std",
+    "RAS_TO_LPS",
+    "registration_metric_inputs",
+    "RegistrationFigureHandler",
+    "RegistrationMetricsHandler",
+    "RegistrationReportHandler",
+    "RegistrationWriter",
+    "save_pair_figure",
+    "save_weight_curves",
+    "spacing_from_affine",
     "summarise_columns",
+    "uncertain_fraction",
+    "WeightCurveHandler",
 ]
