@@ -45,6 +45,7 @@ def register_pair(
 
     Raises:
         FileNotFoundError: for a missing image, label, bundle folder or checkpoint.
+        ValueError: when the pair cannot be registered (an unreadable or invalid image: the reason names the file).
     """
     from monai.bundle import ConfigWorkflow
 
@@ -88,10 +89,13 @@ def register_pair(
     workflow.initialize()
     workflow.run()
     workflow.finalize()
-    writer = next(
-        h for h in workflow.parser.get_parsed_content("infer#handlers") if hasattr(h, "written") and h.written
-    )
-    return writer.written[-1]
+    failures = getattr(workflow.parser.get_parsed_content("infer#evaluator").state, "failures", None) or []
+    if failures:
+        raise ValueError(f"Registration failed ({failures[0]['stage']}): {failures[0]['reason']}")
+    writers = [h for h in workflow.parser.get_parsed_content("infer#handlers") if getattr(h, "written", None)]
+    if not writers:
+        raise RuntimeError(f"The inference workflow wrote no result into {out_dir}.")
+    return writers[-1].written[-1]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mc_uncertainty=args.mc_uncertainty,
             device=args.device,
         )
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         print(f"mtreg-register: {e}", file=sys.stderr)
         return 2
     print(result)

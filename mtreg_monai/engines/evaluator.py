@@ -34,6 +34,9 @@ class RegistrationEvaluator(SupervisedEvaluator):
     - ``warped_label``: when ``moving_label`` is given, the moving label map warped with nearest-neighbour
       interpolation (labels keep their integer values; no gradient is needed at evaluation);
     - ``seconds``: wall time of the registration of the batch (network and warps, on CUDA synchronised), s.
+    - ``failed``: the failure markers of pairs that could not be loaded, when the loader uses
+      :class:`~mtreg_monai.data.FailSafeDataset` and :func:`~mtreg_monai.data.fail_safe_collate`; a batch of
+      failed pairs only skips the network and its output is ``{"failed": [markers]}``.
 
     Before the registration it fires :attr:`RegistrationEvents.TEACHER_PASS
     <mtreg_monai.engines.RegistrationEvents>`, so that :class:`~mtreg_monai.handlers.MCUncertaintyHandler`
@@ -103,8 +106,16 @@ class RegistrationEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: RegistrationEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        failed = batchdata.get("failed", []) if isinstance(batchdata, dict) else []
+        if failed and set(batchdata) == {"failed"}:  # only pairs that failed to load (FailSafeDataset): no network
+            engine.state.output = {"failed": list(failed)}
+            return engine.state.output
+        if failed:
+            batchdata = {k: v for k, v in batchdata.items() if k != "failed"}
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         engine.state.output = out = dict(batch)
+        if failed:
+            out["failed"] = list(failed)
         fixed, moving = out[Keys.FIXED_IMAGE], out[Keys.MOVING_IMAGE]
         engine.fire_event(RegistrationEvents.TEACHER_PASS)
         device_type = torch.device(engine.state.device).type

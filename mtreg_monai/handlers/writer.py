@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,9 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 
+from mtreg_monai.data.robust import exception_reason
 from mtreg_monai.engines.utils import RegistrationKeys
+from mtreg_monai.handlers.failures import record_failure
 
 __all__ = ["RegistrationWriter", "ddf_to_world", "RAS_TO_LPS"]
 
@@ -126,19 +129,35 @@ class RegistrationWriter:
         return f"{stem(moving)}_to_{stem(fixed)}"
 
     def __call__(self, engine: Engine) -> None:
-        items = decollate_batch(engine.state.batch, detach=True)
         out = engine.state.output
+        if not isinstance(out, dict) or Keys.DDF not in out:  # a batch of pairs that failed to load: nothing to write
+            return
+        batch = {k: v for k, v in engine.state.batch.items() if k != "failed"}
+        items = decollate_batch(batch, detach=True)
         for b, item in enumerate(items):
             fixed = item[self.fixed_key]
             if not isinstance(fixed, MetaTensor):
                 raise TypeError("RegistrationWriter needs the batch's fixed image as a MetaTensor (its affine).")
-            ddf = torch.as_tensor(out[Keys.DDF][b]).detach().cpu()
-            outputs = {"ddf_world": MetaTensor(ddf_to_world(ddf, fixed.affine))}
-            for key, name in ((Keys.UNCERTAINTY_PHI, "uncertainty_phi"), (Keys.UNCERTAINTY_IMAGE, "uncertainty_image")):
-                if key in out:
-                    outputs[name] = MetaTensor(torch.as_tensor(out[key][b]).detach().cpu().float().mean(0, keepdim=True))
-            arrays = self._invert(item, outputs)
-            self.write_pair(item, arrays, self.pair_name(item, engine.state.iteration * len(items) + b))
+            try:
+                self._write_item(item, out, b, self.pair_name(item, engine.state.iteration * len(items) + b))
+            except Exception as e:  # one pair's failure must not stop a batch run: it goes to failures.csv
+                fixed_path, moving_path = _item_path(item, self.fixed_key), _item_path(item, self.moving_key)
+                record_failure(engine, fixed_path or "", moving_path or "", "write", exception_reason(e))
+
+    def _write_item(self, item: dict, out: dict, b: int, name: str) -> None:
+        fixed = item[self.fixed_key]
+        ddf = torch.as_tensor(out[Keys.DDF][b]).detach().cpu()
+        if not bool(torch.isfinite(ddf).all()):
+            raise ValueError(
+                f"the network's displacement for {name} has {int((~torch.isfinite(ddf)).sum())} non-finite "
+                "value(s); expected a finite field. Nothing was written for this pair."
+            )
+        outputs = {"ddf_world": MetaTensor(ddf_to_world(ddf, fixed.affine))}
+        for key, out_name in ((Keys.UNCERTAINTY_PHI, "uncertainty_phi"), (Keys.UNCERTAINTY_IMAGE, "uncertainty_image")):
+            if key in out:
+                outputs[out_name] = MetaTensor(torch.as_tensor(out[key][b]).detach().cpu().float().mean(0, keepdim=True))
+        arrays = self._invert(item, outputs)
+        self.write_pair(item, arrays, name)
 
     def write_pair(self, item: dict, arrays: dict[str, np.ndarray], name: str) -> None:
         fixed_path = _item_path(item, self.fixed_key)
@@ -146,7 +165,22 @@ class RegistrationWriter:
         if fixed_path is None or moving_path is None:
             raise ValueError("RegistrationWriter needs the file names of the fixed and moving images in their metadata.")
         pair_dir = os.path.join(self.output_dir, name)
-        os.makedirs(pair_dir, exist_ok=True)
+        # written into a hidden temporary folder renamed at the end: a pair that fails leaves nothing behind
+        final_dir, pair_dir = pair_dir, os.path.join(self.output_dir, f".{name}.partial")
+        shutil.rmtree(pair_dir, ignore_errors=True)
+        os.makedirs(pair_dir)
+        try:
+            self._write_files(item, arrays, pair_dir, fixed_path, moving_path)
+        except BaseException:
+            shutil.rmtree(pair_dir, ignore_errors=True)
+            raise
+        if os.path.isdir(final_dir):
+            shutil.rmtree(final_dir)
+        os.replace(pair_dir, final_dir)
+        self.written.append(final_dir)
+        logger.info("registered %s -> %s: results in %s", moving_path, fixed_path, final_dir)
+
+    def _write_files(self, item: dict, arrays: dict[str, np.ndarray], pair_dir: str, fixed_path: str, moving_path: str) -> None:
         fixed_img = sitk.ReadImage(fixed_path)
         # the inverted arrays are in the fixed file's own voxel order, as nibabel (and MONAI's reader) index it
         u_ras = arrays["ddf_world"]
@@ -166,5 +200,3 @@ class RegistrationWriter:
         for key in ("uncertainty_phi", "uncertainty_image"):
             if key in arrays:
                 _write(_array_to_sitk(arrays[key][0].astype(np.float32), fixed_img), os.path.join(pair_dir, f"{key}.nii.gz"))
-        self.written.append(pair_dir)
-        logger.info("registered %s -> %s: results in %s", moving_path, fixed_path, pair_dir)

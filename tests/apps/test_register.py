@@ -42,3 +42,23 @@ def test_missing_file_is_a_clear_error(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "fixed_image" in err and "nope.nii.gz" in err and "does not exist" in err
+
+
+def test_invalid_image_is_a_clear_error(trained_bundle, tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    pair = _phantom_pair(trained_bundle)
+    bad = tmp_path / "nan_ct.nii.gz"
+    img = nib.load(pair["moving_image"])
+    data = np.asarray(img.dataobj).astype(np.float32)
+    data[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), str(bad))
+    status = main(
+        ["--fixed", pair["fixed_image"], "--moving", str(bad), "--out", str(tmp_path / "out"),
+         "--bundle", str(ROOT / "bundle"), "--checkpoint", str(trained_bundle / "models" / "model.pt")]
+    )  # fmt: skip
+    assert status == 2
+    err = capsys.readouterr().err
+    assert "nan_ct.nii.gz" in err and "non-finite" in err
+    assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no partial result folder

@@ -66,7 +66,8 @@ def _flip_to_lps(src: str, dst: str) -> None:
 
 def test_inference_writes_itk_field_on_fixed_grid(trained, tmp_path):
     wf = _run(["train.json", "inference.json"], trained, "inference", mc_uncertainty=True, infer_dir=str(tmp_path / "out"))
-    pairs = sorted((tmp_path / "out").iterdir())
+    pairs = sorted(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert (tmp_path / "out" / "failures.csv").read_text().strip() == "fixed_image,moving_image,stage,reason"
     assert len(pairs) == 1  # one test pair
     files = {p.name for p in pairs[0].iterdir()}
     assert files == {
@@ -110,7 +111,7 @@ def test_orientation_is_handled_by_affines(trained, tmp_path):
     for name in ("ras", "lps"):
         out = tmp_path / f"out_{name}"
         _run(["train.json", "inference.json"], trained, "inference", datalist=str(tmp_path / f"{name}.json"), infer_dir=str(out))
-        (pair_dir,) = out.iterdir()
+        (pair_dir,) = [p for p in out.iterdir() if p.is_dir()]
         warped = nib.as_closest_canonical(nib.load(str(pair_dir / "warped_moving.nii.gz")))
         field = sitk.ReadImage(str(pair_dir / "ddf.nii.gz"))
         results[name] = (np.asarray(warped.dataobj), warped.affine, sitk.GetArrayFromImage(field))

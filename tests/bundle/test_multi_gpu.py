@@ -26,7 +26,7 @@ RANK_ZERO_ONLY = {  # handlers the multi-GPU config disables on ranks > 0, by po
     "train#common_handlers": {2: "ignite.handlers.ProgressBar", 3: "StatsHandler", 4: "TensorBoardStatsHandler",
                               5: "mtreg_monai.handlers.WeightCurveHandler",
                               6: "mtreg_monai.handlers.RegistrationFigureHandler"},
-    "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler", 2: "CheckpointSaver"},
+    "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler", 2: "mtreg_monai.handlers.AtomicCheckpointSaver"},
 }  # fmt: skip
 
 

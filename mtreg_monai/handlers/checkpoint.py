@@ -1,0 +1,365 @@
+"""Checkpoints that are written atomically, never hold non-finite weights, and load only tensors.
+
+MONAI 1.6.1's ``CheckpointSaver`` writes with ``atomic=False`` (a crash or a full disk during ``torch.save`` leaves a
+corrupt file under the final name) and, like Ignite's ``Checkpoint``, deletes the previous file *before* writing
+the next one. Its ``CheckpointLoader`` loads with ``weights_only=True`` but its errors do not name the file. The
+classes here keep MONAI's constructors (a bundle config changes only ``_target_``) and fix those three points.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+from monai.networks.utils import copy_model_state
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "CheckpointError",
+    "load_checkpoint",
+    "non_finite_entries",
+    "SafeCheckpointLoader",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be used: empty, truncated, corrupt, refused, or mismatched."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = None) -> dict:
+    """
+    Load a checkpoint with ``torch.load(path, map_location=map_location, weights_only=True)``, naming the file on error.
+
+    ``weights_only=True`` unpickles only tensors, primitive types and containers, so a file carrying code (a pickle
+    whose ``__reduce__`` calls a function) is refused without running anything.
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: as ``torch.load`` (``"cpu"``, a ``torch.device``, a dict or a callable).
+
+    Returns:
+        the checkpoint mapping (for example ``{"model": state_dict, "optimizer": state_dict, ...}``).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CheckpointError: (a ``ValueError``) the file is not a regular file, is empty, truncated or corrupt, holds
+            objects that ``weights_only`` loading refuses, or does not hold a mapping. Chained from the original error.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: '{path}'.")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint path '{path}' is not a regular file.")
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"checkpoint file '{path}' is empty (0 bytes): an interrupted or failed save?")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        if "GLOBAL" in detail or "global" in detail:
+            raise CheckpointError(
+                f"checkpoint file '{path}' was refused by weights_only loading: it references a Python object other "
+                f"than tensors and plain containers ({detail.split(' was not')[0]}), which could run code if "
+                "unpickled; load only files from a trusted source."
+            ) from e
+        raise CheckpointError(
+            f"checkpoint file '{path}' ({size} bytes) is corrupt or not a PyTorch checkpoint that weights_only "
+            f"loading accepts (refused without unpickling): {detail}"
+        ) from e
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ValueError, ... for bad files
+        raise CheckpointError(
+            f"checkpoint file '{path}' ({size} bytes) is truncated, corrupt or not a PyTorch checkpoint: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            f"checkpoint file '{path}' holds a {type(checkpoint).__name__}, expected a dict of state dicts."
+        )
+    return dict(checkpoint)
+
+
+def non_finite_entries(save_dict: Mapping[str, Any], limit: int = 5) -> list[str]:
+    """
+    Names of floating-point tensors holding NaN or inf in the state of the objects of ``save_dict``.
+
+    Args:
+        save_dict: ``{name: object with state_dict()}`` (modules, optimisers, schedulers, engines), as given to
+            :class:`AtomicCheckpointSaver`; plain mappings and tensors are accepted too.
+        limit: stop after this many names.
+
+    Returns:
+        up to ``limit`` dotted names such as ``"model.conv.weight"``; empty when everything is finite.
+    """
+    found: list[str] = []
+
+    def _walk(obj: Any, name: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(obj, torch.Tensor):
+            if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+                found.append(name)
+        elif isinstance(obj, Mapping):
+            for k, v in obj.items():
+                _walk(v, f"{name}.{k}" if name else str(k))
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                _walk(v, f"{name}.{i}")
+
+    for key, obj in save_dict.items():
+        if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            obj = obj.module
+        state = obj.state_dict() if hasattr(obj, "state_dict") and callable(obj.state_dict) else obj
+        _walk(state, str(key))
+    return found
+
+
+class AtomicDiskSaver(DiskSaver):
+    """
+    Ignite ``DiskSaver`` whose writes are atomic, umask-respecting and whose deletions wait for the next good write.
+
+    Each write goes to a hidden temporary file in the same folder (``.<name>.<random>.tmp``, created with mode
+    ``0o666 & ~umask`` like a normal file, not Ignite's ``0600``), is flushed and ``fsync``-ed, then renamed over the
+    final name with ``os.replace``; on any error the temporary file is removed and the previous file stays intact.
+    Ignite's ``Checkpoint`` removes the old file *before* writing the new one; here a removal is only queued and done
+    after the next successful write, so a failed write never leaves the folder without a checkpoint.
+
+    Args:
+        dirname: folder of the checkpoints (created if missing).
+        filename: a fixed file name replacing Ignite's (MONAI's ``final_filename`` / ``key_metric_filename``).
+        save_on_rank: the rank that writes in distributed runs.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None, save_on_rank: int = 0) -> None:
+        super().__init__(dirname=dirname, atomic=True, create_dir=True, require_empty=False, save_on_rank=save_on_rank)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if self.filename is not None:
+            filename = self.filename
+        if self.save_on_rank != idist.get_rank():
+            return
+        self._save_func(checkpoint, self.dirname / filename, torch.save)
+        pending, self._pending_removal = self._pending_removal, []
+        for name in pending:
+            if name != filename:
+                (self.dirname / name).unlink(missing_ok=True)
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode & ~umask, like open(..., "w")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                func(checkpoint, f, **self.kwargs)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        try:  # make the rename itself durable (POSIX); not possible on every platform
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)
+
+    def remove(self, filename: str) -> None:
+        """Queue ``filename`` for deletion after the next successful write (a fixed file name is never deleted)."""
+        if self.filename is not None or idist.get_rank() != self.save_on_rank:
+            return
+        self._pending_removal.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """
+    MONAI ``CheckpointSaver`` that writes atomically and never writes non-finite weights.
+
+    Same arguments and file names as :class:`monai.handlers.CheckpointSaver` (a config changes only ``_target_``),
+    but every save goes through :class:`AtomicDiskSaver` (temporary file + ``fsync`` + ``os.replace``, normal file
+    permissions, old files deleted only after the new one is written), and before every save the floating-point
+    state of ``save_dict`` is checked: if any tensor holds NaN or inf, nothing is written, an error naming the
+    checkpoint and the first offending tensors is logged, and the previous file is kept. ``attach`` does not
+    register the same callback twice.
+
+    Args:
+        save_dir, save_dict, name, file_prefix, save_final, final_filename, save_key_metric, key_metric_name,
+        key_metric_n_saved, key_metric_filename, key_metric_save_state, key_metric_greater_or_equal,
+        key_metric_negative_sign, epoch_level, save_interval, n_saved: as :class:`monai.handlers.CheckpointSaver`.
+
+    Example::
+
+        saver = AtomicCheckpointSaver(save_dir="ckpt", save_dict={"model": net, "optimizer": opt},
+                                      save_interval=1, n_saved=1, save_final=True, final_filename="model_final.pt")
+        saver.attach(trainer)
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        name: str | None = None,
+        file_prefix: str = "",
+        save_final: bool = False,
+        final_filename: str | None = None,
+        save_key_metric: bool = False,
+        key_metric_name: str | None = None,
+        key_metric_n_saved: int = 1,
+        key_metric_filename: str | None = None,
+        key_metric_save_state: bool = False,
+        key_metric_greater_or_equal: bool = False,
+        key_metric_negative_sign: bool = False,
+        epoch_level: bool = True,
+        save_interval: int = 0,
+        n_saved: int | None = None,
+    ) -> None:
+        super().__init__(
+            save_dir=save_dir,
+            save_dict=save_dict,
+            name=name,
+            file_prefix=file_prefix,
+            save_final=save_final,
+            final_filename=final_filename,
+            save_key_metric=save_key_metric,
+            key_metric_name=key_metric_name,
+            key_metric_n_saved=key_metric_n_saved,
+            key_metric_filename=key_metric_filename,
+            key_metric_save_state=key_metric_save_state,
+            key_metric_greater_or_equal=key_metric_greater_or_equal,
+            key_metric_negative_sign=key_metric_negative_sign,
+            epoch_level=epoch_level,
+            save_interval=save_interval,
+            n_saved=n_saved,
+        )
+        for ckpt, fixed in (
+            (self._final_checkpoint, final_filename),
+            (self._key_metric_checkpoint, key_metric_filename),
+            (self._interval_checkpoint, None),
+        ):
+            if ckpt is not None:
+                ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+
+    def _finite(self, what: str) -> bool:
+        bad = non_finite_entries(self.save_dict)
+        if bad:
+            self.logger.error(
+                f"Not saving the {what} checkpoint in '{self.save_dir}': non-finite (NaN/inf) values in "
+                f"{', '.join(bad)}; the previous checkpoint file is kept."
+            )
+        return not bad
+
+    def attach(self, engine: Engine) -> None:
+        """Register the save callbacks on ``engine`` (each at most once)."""
+        if self._name is None:
+            self.logger = engine.logger
+        todo: list[tuple[Any, Any, Callable]] = []
+        if self._final_checkpoint is not None:
+            todo += [
+                (Events.COMPLETED, Events.COMPLETED, self.completed),
+                (Events.EXCEPTION_RAISED, Events.EXCEPTION_RAISED, self.exception_raised),
+            ]
+        if self._key_metric_checkpoint is not None:
+            todo.append((Events.EPOCH_COMPLETED, Events.EPOCH_COMPLETED, self.metrics_completed))
+        if self._interval_checkpoint is not None:
+            base = Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED
+            todo.append((base(every=self.save_interval), base, self.interval_completed))
+        for event, base_event, handler in todo:
+            if not engine.has_event_handler(handler, base_event):
+                engine.add_event_handler(event, handler)
+
+    def completed(self, engine: Engine) -> None:
+        """Save the final checkpoint (skipped, with an error logged, if the weights are not finite)."""
+        if self._finite("final"):
+            super().completed(engine)
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        """Save the final checkpoint if the weights are finite, then re-raise ``e``."""
+        if self._finite("final (exception)"):
+            super().exception_raised(engine, e)
+        raise e
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Save the key-metric checkpoint if the metric improved and the weights are finite."""
+        if self._finite("key-metric"):
+            super().metrics_completed(engine)
+
+    def interval_completed(self, engine: Engine) -> None:
+        """Save the interval checkpoint if the weights are finite."""
+        if self._finite("interval"):
+            super().interval_completed(engine)
+
+
+class SafeCheckpointLoader(CheckpointLoader):
+    """
+    MONAI ``CheckpointLoader`` whose file reading goes through :func:`load_checkpoint`.
+
+    Same arguments and behaviour as :class:`monai.handlers.CheckpointLoader` (``strict``, ``strict_shape``, Ignite's
+    ``Checkpoint.load_objects``, the ``max_epochs`` check), but a missing file raises ``FileNotFoundError`` and an
+    empty, truncated, corrupt or code-carrying file a :class:`CheckpointError`, each naming ``load_path``; a
+    checkpoint whose keys or shapes do not match ``load_dict`` raises a :class:`CheckpointError` naming it too.
+
+    Example::
+
+        SafeCheckpointLoader(load_path="ckpt/model.pt", load_dict={"model": net}, map_location="cpu").attach(evaluator)
+    """
+
+    def attach(self, engine: Engine) -> None:
+        """Load at ``Events.STARTED`` of ``engine`` (registered once)."""
+        if self._name is None:
+            self.logger = engine.logger
+        if not engine.has_event_handler(self, Events.STARTED):
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Load ``load_path`` into the objects of ``load_dict``."""
+        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+
+        k, _ = list(self.load_dict.items())[0]
+        if len(self.load_dict) == 1 and k not in checkpoint:  # a bare state_dict for a single object
+            checkpoint = {k: checkpoint}
+
+        if not self.strict_shape:
+            pop_items: list[str] = []
+            for k, obj in self.load_dict.items():
+                if isinstance(obj, torch.nn.Module):
+                    checkpoint[k] = copy_model_state(obj, checkpoint, inplace=False)[0]
+                else:
+                    warnings.warn("`strict_shape` is False, load checkpoint for model, skip others in `load_dict`.")
+                    pop_items.append(k)
+            for i in pop_items:
+                self.load_dict.pop(i)
+
+        prior_max_epochs = engine.state.max_epochs
+        try:
+            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"checkpoint file '{self.load_path}' (keys {sorted(checkpoint)}) does not match the objects to load "
+                f"{sorted(self.load_dict)}: {e}"
+            ) from e
+        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
+            raise ValueError(
+                f"Epoch count ({engine.state.epoch}) in checkpoint '{self.load_path}' is larger than "
+                f"the `engine.state.max_epochs` ({prior_max_epochs}) of engine. To further train from checkpoint, "
+                "construct trainer with `max_epochs` larger than checkpoint's epoch count. "
+                "To use checkpoint for inference, no need to load state_dict for the engine."
+            )
+        engine.state.max_epochs = prior_max_epochs
+        self.logger.info(f"Restored all variables from {self.load_path}")
+
