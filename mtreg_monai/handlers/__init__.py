@@ -14,6 +14,7 @@ from .failures import FAILURE_COLUMNS, FailureReportHandler, record_failure
 from .figures import RegistrationFigureHandler, WeightCurveHandler, save_pair_figure, save_weight_curves
 from .metrics import RegistrationMetricsHandler, registration_metric_inputs, spacing_from_affine
 from .report import RegistrationReportHandler, format_mean_std, summarise_columns
+from .reseed import ReseedHandler, derived_seed
 from .teacher import MeanTeacherHandler
 from .uncertainty import MCUncertaintyHandler, coefficient_of_variation, mc_predictions
 from .weighting import AdaptiveWeightHandler, RandomRegWeightHandler, uncertain_fraction
@@ -26,6 +27,7 @@ __all__ = [
     "CheckpointError",
     "coefficient_of_variation",
     "ddf_to_world",
+    "derived_seed",
     "FAILURE_COLUMNS",
     "FailureReportHandler",
     "format_mean_std",
@@ -42,6 +44,7 @@ __all__ = [
     "RegistrationMetricsHandler",
     "RegistrationReportHandler",
     "RegistrationWriter",
+    "ReseedHandler",
     "SafeCheckpointLoader",
     "save_pair_figure",
     "save_weight_curves",
