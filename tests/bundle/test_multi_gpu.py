@@ -15,12 +15,7 @@ from monai.bundle import ConfigParser
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
-SMALL_NET = {
-    "network_def#encoder_channels": [4, 8, 8, 8],
-    "network_def#decoder_channels": [8, 8, 8, 8],
-    "network_def#refine_channels": [8],
-    "network_def#final_channels": [4, 4],
-}
+SMALL_NET = json.loads((Path(__file__).parent / "small_network.json").read_text())  # a tiny network, for speed
 NAN_RANK, NAN_ITERATION = 1, 3  # one rank gets a NaN moving image: every rank must skip that step together
 RANK_ZERO_ONLY = {  # handlers the multi-GPU config disables on ranks > 0, by position in train.json
     "train#common_handlers": {2: "ignite.handlers.ProgressBar", 3: "StatsHandler", 4: "TensorBoardStatsHandler",

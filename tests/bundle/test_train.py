@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from pathlib import Path
 
@@ -14,12 +15,7 @@ from monai.handlers import StatsHandler
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
-SMALL_NET = {
-    "network_def#encoder_channels": [4, 8, 8, 8],
-    "network_def#decoder_channels": [8, 8, 8, 8],
-    "network_def#refine_channels": [8],
-    "network_def#final_channels": [4, 4],
-}
+SMALL_NET = json.loads((Path(__file__).parent / "small_network.json").read_text())  # a tiny network, for speed
 
 
 def _workflow(tmp_path: Path, method: str, epochs: int = 1, **overrides) -> ConfigWorkflow:
@@ -132,3 +128,24 @@ def test_resume_continues_epochs_and_teacher(tmp_path):
     assert seen["epoch"] == 2 and trainer.state.iteration == 4 and trainer.state.epoch == 2
     for k, v in saved["teacher"].items():
         torch.testing.assert_close(seen["teacher"][k], v)
+
+
+def test_datalist_base_dir_confines_paths(tmp_path):
+    outside = tmp_path / "outside.nii.gz"
+    outside.write_bytes(b"")
+    data = tmp_path / "data"
+    data.mkdir()
+    item = {"fixed_image": "../outside.nii.gz", "moving_image": "m.nii.gz", "fixed_label": "a.nii.gz", "moving_label": "b.nii.gz"}
+    (data / "datalist.json").write_text(json.dumps({"training": [item], "validation": [], "test": []}))
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.json"),
+        logging_file=False,
+        workflow_type=None,
+        bundle_root=str(tmp_path / "bundle"),
+        datalist=str(data / "datalist.json"),
+        datalist_base_dir=str(data),
+    )
+    with pytest.raises(RuntimeError, match="load_registration_datalist") as info:
+        wf.parser.get_parsed_content("train#dataset#data")
+    cause = info.value.__cause__  # MONAI wraps the reader's error
+    assert isinstance(cause, ValueError) and "outside.nii.gz" in str(cause) and "base_dir" in str(cause)
