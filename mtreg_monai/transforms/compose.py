@@ -14,6 +14,7 @@ from monai.transforms import (
     EnsureTyped,
     Orientationd,
     ResizeWithPadOrCropd,
+    Spacingd,
 )
 
 from mtreg_monai.transforms.intensity import DEFAULT_CT_WINDOW, DEFAULT_PERCENTILES, Modality, ScaleIntensityByModalityd
@@ -38,6 +39,7 @@ def registration_pair_transforms(
     moving_modality: Modality | str = Modality.CT,
     k: int | Sequence[int] = 16,
     spatial_size: int | Sequence[int] | None = None,
+    pixdim: Sequence[float] | None = None,
     with_labels: bool = True,
     load: bool = True,
     axcodes: str = "RAS",
@@ -82,6 +84,10 @@ def registration_pair_transforms(
             one per axis.
         spatial_size: optional ``(H, W, D)`` to pad or crop to (centred) before the divisible padding;
             each entry must be a multiple of the matching ``k``.
+        pixdim: optional voxel size in mm ``(sx, sy, sz)``: after the geometry check the whole pair is resampled to
+            it on the fixed image's field of view (MONAI ``Spacingd``: bilinear for images, nearest for labels).
+            Use it to register images too large for memory at a coarser resolution; it is inverted with the rest,
+            so outputs come back on the original fixed grid.
         with_labels: also process ``fixed_label`` and ``moving_label`` when present (missing labels are
             allowed either way); when False, label keys are left untouched.
         load: start from file paths (load + channel-first). When False, entries must already be
@@ -147,6 +153,11 @@ def registration_pair_transforms(
             allow_missing_keys=True,
         )
     )
+    if pixdim is not None:
+        if isinstance(pixdim, (str, bytes)) or len(pixdim) != 3 or not all(float(p) > 0 for p in pixdim):
+            raise ValueError(f"pixdim must be 3 positive voxel sizes in mm, got {pixdim!r}.")
+        modes = ("bilinear",) * len(images) + ("nearest",) * len(labels)
+        xforms.append(Spacingd(every, pixdim=[float(p) for p in pixdim], mode=modes, allow_missing_keys=True))
     xforms.append(
         ScaleIntensityByModalityd(
             images, modality=(fixed_modality, moving_modality), ct_window=ct_window, percentiles=percentiles

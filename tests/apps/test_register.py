@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from mtreg_monai.apps import main
@@ -62,3 +64,65 @@ def test_invalid_image_is_a_clear_error(trained_bundle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "nan_ct.nii.gz" in err and "non-finite" in err
     assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())  # no partial result folder
+
+
+def _bad_case(case: str, pair: dict, tmp_path: Path) -> dict:
+    """The pair with one file replaced by a broken or unusual one."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(pair["moving_image"])
+    data, affine = np.asarray(img.dataobj).astype(np.float32), img.affine
+    out = dict(pair)
+    path = tmp_path / f"{case}.nii.gz"
+    if case == "truncated":
+        raw = gzip.compress(nib.Nifti1Image(data, affine).to_bytes())
+        path.write_bytes(raw[: len(raw) // 2])
+    elif case == "flat2d":
+        nib.save(nib.Nifti1Image(data[:, :, 0], affine), str(path))
+    elif case == "vol4d":
+        nib.save(nib.Nifti1Image(np.stack([data, data], -1), affine), str(path))
+    elif case == "fraclabel":
+        label = np.asarray(nib.load(pair["moving_label"]).dataobj).astype(np.float32) + 0.5
+        nib.save(nib.Nifti1Image(label, affine), str(path))
+        out["moving_label"] = str(path)
+        return out
+    elif case == "constant":
+        nib.save(nib.Nifti1Image(np.full_like(data, 40.0), affine), str(path))
+    elif case == "shifted_grid":  # another voxel size and origin: resampled onto the fixed grid, not refused
+        nib.save(nib.Nifti1Image(data[::2, ::2, ::2], affine @ np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    out["moving_image"] = str(path)
+    return out
+
+
+# case -> text expected in the error (exit status 2), or None: registered (exit status 0)
+REGISTER_CASES = {
+    "truncated": "Could not read",
+    "flat2d": "2 spatial dims",
+    "vol4d": "2 channels",
+    "fraclabel": "non-integer",
+    "constant": None,
+    "shifted_grid": None,
+}
+
+
+@pytest.mark.parametrize("case", sorted(REGISTER_CASES))
+def test_bad_and_unusual_inputs(trained_bundle, tmp_path, capsys, case):
+    item = _bad_case(case, _phantom_pair(trained_bundle), tmp_path)
+    argv = ["--fixed", item["fixed_image"], "--moving", item["moving_image"], "--moving-label", item["moving_label"],
+            "--out", str(tmp_path / "out"), "--bundle", str(ROOT / "bundle"),
+            "--checkpoint", str(trained_bundle / "models" / "model.pt")]  # fmt: skip
+    status = main(argv)
+    captured = capsys.readouterr()
+    expected = REGISTER_CASES[case]
+    if expected is None:
+        assert status == 0, captured.err
+        result = Path(captured.out.strip().splitlines()[-1])
+        field = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "ddf.nii.gz")))
+        assert np.isfinite(field).all()
+    else:
+        assert status == 2
+        assert expected in captured.err and Path(item["moving_image"] if case != "fraclabel" else item["moving_label"]).name in captured.err
+        assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())

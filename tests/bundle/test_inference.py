@@ -114,3 +114,17 @@ def test_orientation_is_handled_by_affines(trained, tmp_path):
     np.testing.assert_allclose(results["ras"][0], results["lps"][0], atol=0.5)  # HU, float32 rounding
     # world-space vectors of the same physical voxels are the same (SimpleITK arrays flipped back)
     np.testing.assert_allclose(results["ras"][2], results["lps"][2][:, ::-1, ::-1], atol=1e-3)
+
+
+def test_coarser_resolution_option_writes_on_the_original_grid(trained, tmp_path):
+    """``infer_pixdim``: register at half the resolution (for images too large for memory), write on the fixed grid."""
+    wf = _run(["train.json", "inference.json"], trained, "inference", infer_pixdim=[11.0, 11.0, 8.0], infer_dir=str(tmp_path / "out"))
+    evaluator = wf.parser.get_parsed_content("infer#evaluator")
+    assert tuple(evaluator.state.output["ddf"].shape[2:]) == (16, 16, 16)  # the network saw 32^3 at half resolution
+    (pair_dir,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    datalist = json.loads((trained / "phantom" / "dataset.json").read_text())
+    fixed = sitk.ReadImage(str(trained / "phantom" / datalist["test"][0]["fixed_image"]))
+    for name in ("ddf.nii.gz", "warped_moving.nii.gz", "warped_moving_label.nii.gz"):
+        out = sitk.ReadImage(str(pair_dir / name))
+        assert out.GetSize() == fixed.GetSize() and np.allclose(out.GetSpacing(), fixed.GetSpacing())
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(pair_dir / "ddf.nii.gz")))).all()

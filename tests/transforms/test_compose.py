@@ -170,3 +170,22 @@ def test_spatial_size_and_tensors():
 def test_ill_opts(kwargs, match):
     with pytest.raises(ValueError, match=match):
         registration_pair_transforms(**kwargs)
+
+
+def test_pixdim_option_resamples_and_inverts(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import Invertd
+
+    from mtreg_monai.transforms import registration_pair_transforms
+
+    data = np.random.default_rng(0).uniform(0, 100, (32, 32, 32)).astype(np.float32)
+    for name in ("f", "m"):
+        nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(tmp_path / f"{name}.nii.gz"))
+    xform = registration_pair_transforms(fixed_modality="mr", moving_modality="mr", pixdim=(4.0, 4.0, 4.0))
+    out = xform({"fixed_image": str(tmp_path / "f.nii.gz"), "moving_image": str(tmp_path / "m.nii.gz")})
+    assert tuple(out["fixed_image"].shape) == (1, 16, 16, 16)
+    inv = Invertd(keys="fixed_image", transform=xform, orig_keys="fixed_image")(dict(out))
+    assert tuple(inv["fixed_image"].shape) == (1, 32, 32, 32)
+    with pytest.raises(ValueError, match="pixdim"):
+        registration_pair_transforms(pixdim=(1.0, 0.0, 1.0))
