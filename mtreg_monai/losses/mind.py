@@ -251,7 +251,8 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
 
     Invariance: exactly (up to float rounding) invariant to ``a * I + b`` for any a != 0: the
     SSDs scale by a**2 (the sign of a cancels in the squared differences), and so do V and m.
-    A very large offset b costs float precision (``I + b`` is rounded before differencing).
+    A very large offset b costs float precision (``I + b`` is rounded before differencing). Each sample is centred
+    and scaled to [-1, 1] first (exact by this invariance), so extreme intensity scales stay finite.
 
     Args:
         image: image of shape (B, 1, H, W, D), any real dtype. 2-D images are not supported.
@@ -285,6 +286,13 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
     )
     with no_autocast:
         x = image.to(dtype)
+        # Per-sample centring and scaling, exact by the descriptor's invariance to a * I + b (the statistics are
+        # detached: d MIND(x / s) / dx with s constant equals d MIND(x) / dx). It keeps the squared differences
+        # inside the float range at extreme intensity scales (unscaled, float32 gave NaN for images ~1e19 or ~1e-20).
+        stats_dims = tuple(range(1, x.ndim))
+        centre = x.detach().mean(dim=stats_dims, keepdim=True)
+        scale = (x.detach() - centre).abs().amax(dim=stats_dims, keepdim=True)
+        x = (x - centre) / torch.where(scale > 0, scale, torch.ones_like(scale))
         if torch.is_grad_enabled() and x.requires_grad:
             return _MINDSSCFunction.apply(x, radius, dilation)
         with torch.no_grad():

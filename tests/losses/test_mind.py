@@ -308,3 +308,12 @@ def test_ill_opts(kwargs, error, match):
 def test_ill_reduction():
     with pytest.raises(ValueError, match="reduction="):
         MINDSSCLoss(reduction="average")
+
+
+@pytest.mark.parametrize("scale", [1e-20, 1e-12, 1e12, 1e19])
+def test_extreme_intensity_scales_stay_finite_and_invariant(scale):
+    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    expected = mind_ssc(x)
+    got = mind_ssc(x * scale)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-4)
