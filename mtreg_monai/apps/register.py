@@ -109,7 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     parser.add_argument("--moving", required=True, help="moving image (NIfTI)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--bundle", default=None, help=f"bundle folder (default: {default_bundle_dir()})")
+    parser.add_argument(
+        "--bundle",
+        default=None,
+        help=f"bundle folder (default: {default_bundle_dir()}, the source checkout's). Its configs are code (MONAI "
+        "evaluates their $ expressions): use only a bundle from a trusted source.",
+    )
     parser.add_argument("--checkpoint", default=None, help="weights (default: <bundle>/models/model.pt)")
     parser.add_argument("--fixed-label", default=None)
     parser.add_argument("--moving-label", default=None)

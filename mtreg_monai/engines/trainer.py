@@ -182,8 +182,10 @@ class RegistrationTrainer(SupervisedTrainer):
             teacher_warped = out.get(Keys.TEACHER_WARPED_IMAGE)
             if self.consistency_loss is not None and teacher_warped is not None:
                 loss_cons = per_pair(self.consistency_loss(warped, teacher_warped.detach()), b)
-            else:
+            else:  # no consistency term this step: its weight is 0, not the configured fixed value
                 loss_cons = torch.zeros_like(loss_sim)
+                lambda_c = torch.zeros_like(lambda_c)
+                out[Keys.LAMBDA_C] = lambda_c
             loss = (loss_sim + lambda_phi * loss_smooth + lambda_c * loss_cons).mean()
         out[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -164,6 +164,11 @@ class RegistrationWriter:
         moving_path = _item_path(item, self.moving_key)
         if fixed_path is None or moving_path is None:
             raise ValueError("RegistrationWriter needs the file names of the fixed and moving images in their metadata.")
+        # two pairs with the same file names (e.g. case1/mr.nii.gz and case2/mr.nii.gz) must not share a folder:
+        # a name already written in this run gets the index of the pair appended
+        taken = {os.path.basename(p) for p in self.written}
+        if name in taken:
+            name = next(f"{name}_{i}" for i in range(2, len(taken) + 3) if f"{name}_{i}" not in taken)
         pair_dir = os.path.join(self.output_dir, name)
         # written into a hidden temporary folder renamed at the end: a pair that fails leaves nothing behind
         final_dir, pair_dir = pair_dir, os.path.join(self.output_dir, f".{name}.partial")

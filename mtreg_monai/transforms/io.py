@@ -16,6 +16,18 @@ __all__ = ["CheckedLoadImaged", "nifti_voxel_count"]
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
+def nifti_data_dtype(path: str | os.PathLike) -> np.dtype | None:
+    """The voxel data type declared in a NIfTI header (``None`` for other files or an unreadable header)."""
+    if not str(path).lower().endswith(_NIFTI_SUFFIXES):
+        return None
+    try:
+        import nibabel as nib
+
+        return np.dtype(nib.load(str(path)).header.get_data_dtype())
+    except Exception:  # reported by the loader itself, with the path
+        return None
+
+
 def nifti_voxel_count(path: str | os.PathLike) -> int | None:
     """Number of voxels declared in a NIfTI header, read without decompressing the data.
 
@@ -86,6 +98,9 @@ class CheckedLoadImaged(LoadImaged):
             return  # lists of files (series) and arrays are left to LoadImaged
         if not os.path.exists(path):
             raise FileNotFoundError(f"File of '{key}' not found: '{path}'.")
+        dtype = nifti_data_dtype(path)
+        if dtype is not None and dtype.kind == "c":  # LoadImaged's float cast would drop the imaginary part silently
+            raise TypeError(f"File of '{key}' holds complex voxels ({dtype}); expected a real-valued image: '{path}'.")
         if self.max_voxels is not None:
             count = nifti_voxel_count(path)
             if count is not None and count > self.max_voxels:

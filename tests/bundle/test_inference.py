@@ -128,3 +128,23 @@ def test_coarser_resolution_option_writes_on_the_original_grid(trained, tmp_path
         out = sitk.ReadImage(str(pair_dir / name))
         assert out.GetSize() == fixed.GetSize() and np.allclose(out.GetSpacing(), fixed.GetSpacing())
     assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(str(pair_dir / "ddf.nii.gz")))).all()
+
+
+def test_pairs_with_the_same_file_names_get_their_own_folders(trained, tmp_path):
+    import shutil
+
+    datalist = json.loads((trained / "phantom" / "dataset.json").read_text())
+    base = trained / "phantom"
+    items = []
+    for case, src in (("case1", datalist["test"][0]), ("case2", datalist["training"][0])):
+        (tmp_path / case).mkdir()
+        item = {}
+        for key in ("fixed_image", "moving_image"):
+            dst = tmp_path / case / ("mr.nii.gz" if key == "fixed_image" else "ct.nii.gz")
+            shutil.copy(base / src[key], dst)
+            item[key] = str(dst)
+        items.append(item)
+    (tmp_path / "dup.json").write_text(json.dumps({"training": [], "validation": [], "test": items}))
+    _run(["train.json", "inference.json"], trained, "inference", datalist=str(tmp_path / "dup.json"), infer_dir=str(tmp_path / "out"))
+    folders = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert folders == ["ct_to_mr", "ct_to_mr_2"]

@@ -21,7 +21,7 @@ RANK_ZERO_ONLY = {  # handlers the multi-GPU config disables on ranks > 0, by po
     "train#common_handlers": {2: "ignite.handlers.ProgressBar", 3: "StatsHandler", 4: "TensorBoardStatsHandler",
                               5: "mtreg_monai.handlers.WeightCurveHandler",
                               6: "mtreg_monai.handlers.RegistrationFigureHandler"},
-    "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler", 2: "mtreg_monai.handlers.AtomicCheckpointSaver"},
+    "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
 }  # fmt: skip
 
 
@@ -172,7 +172,7 @@ def test_only_rank_zero_writes(ddp_run):
     out, _ = ddp_run
     bundle = out.parent / "bundle"
     models, outputs = bundle / "models_rank0", bundle / "outputs_rank0"
-    assert {"model.pt", "model_final.pt", "checkpoint_epoch=2.pt"} <= {p.name for p in models.iterdir()}
+    assert {"model.pt", "model_final.pt", "as_atc_checkpoint_epoch=2.pt"} <= {p.name for p in models.iterdir()}
     names = {p.name for p in outputs.iterdir()}
     assert {"weights.csv", "weights.png", "validation_pair.png"} <= names
     events = [n for n in names if n.startswith("events.out.tfevents")]
@@ -194,7 +194,7 @@ def test_resume_loads_the_same_checkpoint_on_every_rank(ddp_run, ddp_resumed):
     assert r0["iteration"] == r1["iteration"] == 6
     assert [s["iteration"] for s in r0["seen"]] == [s["iteration"] for s in r1["seen"]] == [5, 6]  # epoch 3 only
     assert log.count("reusing the phantom dataset") == 2 and "phantom pairs and" not in log
-    assert "Restored all variables from" in log and "models_rank0/checkpoint_epoch=2.pt" in log
+    assert "Restored all variables from" in log and "models_rank0/as_atc_checkpoint_epoch=2.pt" in log
 
 
 def test_rank_zero_only_handlers_are_the_intended_ones():

@@ -81,8 +81,10 @@ def test_every_variant_trains(tmp_path, method, caplog):
             assert row["lambda_phi"] == FIXED[method][0]
         if method == "as_atc":
             assert 0.0 <= row["lambda_c"] <= k2
+        elif method in ("s_tc", "as_tc"):
+            assert row["lambda_c"] == 0.5  # the fixed consistency weight
         else:
-            assert row["lambda_c"] == 0.5  # the fixed weight (only used when a consistency term exists)
+            assert row["lambda_c"] == 0.0  # no consistency term: weight 0, not the unused fixed value
     assert "lambda_phi" in caplog.text and "dice_liver" in caplog.text  # logged by the StatsHandlers
     outputs = tmp_path / "bundle" / "outputs"
     assert (outputs / "weights.png").is_file() and (outputs / "validation_pair.png").is_file()
@@ -112,7 +114,7 @@ def test_resume_continues_epochs_and_teacher(tmp_path):
     wf = _workflow(tmp_path, "as_atc", epochs=1)
     wf.run()
     wf.finalize()
-    saved = torch.load(tmp_path / "bundle" / "models" / "checkpoint_epoch=1.pt", weights_only=True)
+    saved = torch.load(tmp_path / "bundle" / "models" / "as_atc_checkpoint_epoch=1.pt", weights_only=True)
 
     wf2 = _workflow(tmp_path, "as_atc", epochs=2)
     trainer = wf2.parser.get_parsed_content("train#trainer")
@@ -149,3 +151,25 @@ def test_datalist_base_dir_confines_paths(tmp_path):
         wf.parser.get_parsed_content("train#dataset#data")
     cause = info.value.__cause__  # MONAI wraps the reader's error
     assert isinstance(cause, ValueError) and "outside.nii.gz" in str(cause) and "base_dir" in str(cause)
+
+
+def test_rerun_keeps_the_best_checkpoint_and_methods_do_not_mix(tmp_path):
+    """Running the command again resumes without re-validating the untrained network over ``model.pt``;
+    another ``--method`` in the same folder starts its own training instead of resuming this one."""
+    # no validation before training here, so that model.pt comes from a trained epoch
+    wf = _workflow(tmp_path, "as_atc", epochs=2, **{"train#validation#exec_at_start": False})
+    wf.run()
+    wf.finalize()
+    best = tmp_path / "bundle" / "models" / "model.pt"
+    before = torch.load(best, weights_only=True)
+    wf2 = _workflow(tmp_path, "as_atc", epochs=2)  # nothing left to train: resumes at the end
+    wf2.run()
+    wf2.finalize()
+    after = torch.load(best, weights_only=True)
+    assert after["trainer"]["iteration"] == before["trainer"]["iteration"] > 0
+    for k, v in before["model"].items():
+        assert torch.equal(after["model"][k], v)
+    wf3 = _workflow(tmp_path, "vm", epochs=1)
+    trainer = wf3.parser.get_parsed_content("train#trainer")
+    wf3.run()
+    assert trainer.state.iteration == 2  # vm trained its own epoch, it did not resume as_atc's checkpoint

@@ -78,7 +78,8 @@ def test_fixed_weights_and_no_consistency():
     trainer = _trainer(_pairs(1), consistency=False, lambda_phi=3.0, lambda_c=0.5)
     trainer.run()
     out = trainer.state.output
-    assert out["lambda_phi"].tolist() == [3.0] and out["lambda_c"].tolist() == [0.5]
+    # no consistency term: its weight is 0 (the configured 0.5 is unused and not reported)
+    assert out["lambda_phi"].tolist() == [3.0] and out["lambda_c"].tolist() == [0.0]
     assert out["loss_cons"].item() == 0.0
     assert out["ddf"].shape == (1, 3, *SIZE) and not out["ddf"].requires_grad
 

@@ -58,3 +58,10 @@ def test_ill_args():
         MCVoxelMorph(conditional=True, condition_dim=0, **SMALL)
     with pytest.raises(ValueError, match="latent_dim"):
         WeightMappingNetwork(0)
+
+
+def test_smallest_accepted_input():
+    """16^3 (1 voxel at the coarsest level) works, as the bundle metadata's 16*n promises (verify_net_in_out)."""
+    net = MCVoxelMorph(conditional=True, condition_dim=8, **SMALL).eval()
+    with torch.no_grad():
+        assert net(torch.rand(1, 2, 16, 16, 16)).shape == (1, 3, 16, 16, 16)

@@ -48,3 +48,15 @@ def test_max_voxels(nifti):
 def test_meta_dict_mode(nifti):
     out = CheckedLoadImaged(keys="img", image_only=False)({"img": str(nifti)})
     assert out["img"].shape == (16, 16, 16) and "img_meta_dict" in out
+
+
+def test_complex_image_refused(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    from mtreg_monai.transforms import CheckedLoadImaged
+
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image((np.ones((8, 8, 8)) * (1 + 2j)).astype(np.complex64), np.eye(4)), str(path))
+    with pytest.raises(TypeError, match="complex"):
+        CheckedLoadImaged("img")({"img": str(path)})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 __all__ = ["WeightMappingNetwork", "ConditionalInstanceNorm"]
 
@@ -78,4 +77,8 @@ class ConditionalInstanceNorm(nn.Module):
         """
         gamma, beta = self.affine(code).chunk(2, dim=1)
         shape = (x.shape[0], self.num_channels) + (1,) * (x.ndim - 2)
-        return gamma.reshape(shape) * F.instance_norm(x) + beta.reshape(shape)
+        # instance normalisation written out (as F.instance_norm, eps 1e-5): F.instance_norm refuses a single voxel,
+        # which the coarsest decoder level has for a 16^3 input; here a single voxel normalises to 0
+        dims = tuple(range(2, x.ndim))
+        var, mean = torch.var_mean(x, dim=dims, correction=0, keepdim=True)
+        return gamma.reshape(shape) * (x - mean) * torch.rsqrt(var + 1e-5) + beta.reshape(shape)

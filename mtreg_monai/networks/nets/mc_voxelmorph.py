@@ -385,7 +385,7 @@ class MCVoxelMorph(nn.Module):
             if reg_weight is not None:
                 raise ValueError("reg_weight is only accepted by a conditional network (conditional=True).")
             return None
-        weight = torch.as_tensor(self.inference_reg_weight if reg_weight is None else reg_weight, dtype=x.dtype)
+        weight = torch.as_tensor(self.inference_reg_weight if reg_weight is None else reg_weight, dtype=x.dtype).reshape(-1)
         weight = weight.to(x.device).reshape(-1).expand(x.shape[0]) if weight.numel() == 1 else weight.to(x.device)
         if weight.shape != (x.shape[0],):
             raise ValueError(f"reg_weight must be a scalar or of shape ({x.shape[0]},), got {tuple(weight.shape)}.")
