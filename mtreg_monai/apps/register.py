@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mtreg_monai.utils import write_text_atomic
+
 __all__ = ["main", "default_bundle_dir", "register_pair"]
 
 logger = logging.getLogger(__name__)
@@ -63,9 +65,7 @@ def register_pair(
     os.makedirs(out_dir, exist_ok=True)
     item = {k: os.path.abspath(v) for k, v in inputs.items() if v is not None}
     datalist = os.path.join(out_dir, "datalist.json")
-    with open(f"{datalist}.tmp", "w") as f:
-        json.dump({"training": [], "validation": [], "test": [item]}, f, indent=2)
-    os.replace(f"{datalist}.tmp", datalist)
+    write_text_atomic(datalist, json.dumps({"training": [], "validation": [], "test": [item]}, indent=2))
     overrides = {
         "bundle_root": str(bundle),
         "datalist": datalist,

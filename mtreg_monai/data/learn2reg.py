@@ -15,12 +15,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any
 
 from mtreg_monai.data.datalist import DATALIST_SECTIONS, read_json_file
+from mtreg_monai.utils import write_text_atomic
 
 __all__ = ["LEARN2REG_PAIR_SECTIONS", "convert_learn2reg_datalist", "is_learn2reg_datalist", "resolve_datalist"]
 
@@ -385,20 +385,7 @@ def convert_learn2reg_datalist(
 def _write_json_atomic(content: Mapping[str, Any], path: str | os.PathLike) -> None:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"out_path must be a str or os.PathLike, got {type(path).__name__}.")
-    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(content, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_text_atomic(os.path.expanduser(os.fspath(path)), json.dumps(content, indent=2))
 
 
 def resolve_datalist(path: str | os.PathLike, out_dir: str | os.PathLike, **kwargs: Any) -> str:

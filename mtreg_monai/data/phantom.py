@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .phantom_anatomy import ORGAN_LABELS, TISSUES, anatomy_maps, draw_subject, motion_fields, resample
+from mtreg_monai.utils import write_text_atomic
 
 __all__ = ["CT_INTENSITIES", "MR_INTENSITIES", "make_phantom_pair", "make_phantom_dataset"]
 
@@ -330,9 +331,6 @@ def make_phantom_dataset(
         "validation": items[n_train : n_train + split["num_val"]],
         "test": items[n_train + split["num_val"] :],
     }
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(datalist, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(datalist, indent=2))
     logger.info("wrote %d phantom pairs and %s", num_pairs, path)
     return path

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,6 +21,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.networks.utils import copy_model_state
+
+from mtreg_monai.utils import atomic_write
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -158,27 +159,7 @@ class AtomicDiskSaver(DiskSaver):
                 (self.dirname / name).unlink(missing_ok=True)
 
     def _save_func(self, checkpoint: Mapping, path: Path, func: Callable) -> None:
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode & ~umask, like open(..., "w")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                func(checkpoint, f, **self.kwargs)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        try:  # make the rename itself durable (POSIX); not possible on every platform
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.fsync(dir_fd)
-        except OSError:
-            pass
-        finally:
-            os.close(dir_fd)
+        atomic_write(path, lambda f: func(checkpoint, f, **self.kwargs), binary=True)
 
     def remove(self, filename: str) -> None:
         """Queue ``filename`` for deletion after the next successful write (a fixed file name is never deleted)."""

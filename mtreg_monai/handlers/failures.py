@@ -10,6 +10,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from mtreg_monai.utils import atomic_write
+
 __all__ = ["FAILURE_COLUMNS", "FailureReportHandler", "record_failure"]
 
 logger = logging.getLogger(__name__)
@@ -96,12 +98,11 @@ class FailureReportHandler:
 
     def completed(self, engine: Engine) -> None:
         rows: list[dict[str, Any]] = list(getattr(engine.state, "failures", None) or [])
-        os.makedirs(self.output_dir, exist_ok=True)
-        tmp = f"{self.path}.tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        def write(f: Any) -> None:
             writer = csv.DictWriter(f, fieldnames=FAILURE_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, self.path)
+
+        atomic_write(self.path, write)
         if rows:
             logger.warning("%d pair(s) failed; see %s", len(rows), self.path)

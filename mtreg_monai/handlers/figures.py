@@ -19,6 +19,7 @@ from monai.utils import optional_import
 from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationKeys
 from mtreg_monai.handlers.uncertainty import coefficient_of_variation, mc_predictions
 from mtreg_monai.metrics import jacobian_determinant
+from mtreg_monai.utils import atomic_write
 
 plt, has_matplotlib = optional_import("matplotlib.pyplot")
 
@@ -101,13 +102,12 @@ class WeightCurveHandler:
             self.history[k].append(float("nan") if value is None else float(torch.as_tensor(value).float().mean()))
 
     def write(self, engine: Engine | None = None) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        csv_path = os.path.join(self.output_dir, f"{self.name}.csv")
-        with open(f"{csv_path}.tmp", "w", newline="") as f:
+        def write_csv(f: Any) -> None:
             writer = csv.writer(f)
             writer.writerow(["iteration", *self.keys])
             writer.writerows([s, *(self.history[k][i] for k in self.keys)] for i, s in enumerate(self.steps))
-        os.replace(f"{csv_path}.tmp", csv_path)
+
+        atomic_write(os.path.join(self.output_dir, f"{self.name}.csv"), write_csv)
         save_weight_curves(self.history, self.steps, os.path.join(self.output_dir, f"{self.name}.png"))
 
     def state_dict(self) -> dict:

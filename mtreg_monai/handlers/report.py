@@ -17,6 +17,7 @@ from ignite.metrics import Metric
 from monai.data import MetaTensor
 
 from mtreg_monai.engines.utils import RegistrationKeys
+from mtreg_monai.utils import write_text_atomic
 
 __all__ = ["RegistrationReportHandler", "format_mean_std", "summarise_columns"]
 
@@ -89,19 +90,6 @@ def summarise_columns(table: np.ndarray, names: Sequence[str]) -> list[dict[str,
         )
     return out
 
-
-def _write_text_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _attached_metric(engine: Engine, name: str) -> Metric | None:
@@ -302,9 +290,9 @@ class RegistrationReportHandler:
         if self.has_seconds:
             table = np.concatenate([table, np.asarray(seconds, dtype=np.float64).reshape(-1, 1)], axis=1)
             names = names + ["seconds"]
-        _write_text_atomic(self.csv_path, self._csv_text(pairs, table, names))
+        write_text_atomic(self.csv_path, self._csv_text(pairs, table, names))
         summary = self.summary_text(table, names)
-        _write_text_atomic(self.summary_path, summary)
+        write_text_atomic(self.summary_path, summary)
         logger.info("Evaluation summary (%s, %s):\n%s", self.summary_path, self.csv_path, summary)
 
     @staticmethod
