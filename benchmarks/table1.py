@@ -1,0 +1,610 @@
+"""Reproduce the paper's Table 1 and Figures 2/3 on the embedded phantom dataset, next to classical registration.
+
+Run (figures in docs/results.md and docs/performance.md)::
+
+    pip install -e ".[benchmark]"
+    python benchmarks/table1.py --preset quick      # 2-core CPU: about 50 minutes
+    python benchmarks/table1.py --preset full       # the paper's 176x176x128, meant for a GPU
+
+Every learned row is trained with the bundle's own command (``python -m monai.bundle run training`` with
+``bundle/configs/train.json``, one child process and one ``bundle_root`` per row, wall time and peak RSS of that
+process recorded), all with the same phantom dataset, split, seed, input size and number of iterations; only
+``--method`` and ``--lambda_phi`` differ. Every row, learned or classical, is then scored by the bundle's own
+evaluator (``bundle/configs/evaluate.json`` on the ``test`` section): the classical tools are wrapped as
+"networks" (``benchmarks/classical.py``), so warping, Dice, ASD, Jacobian figures and the per-pair timing are the
+same code for all rows.
+
+Rows: Initial, SyN (ANTsPy), elastix B-spline (itk-elastix), VM with fixed lambda_phi in ``--grid`` (default
+1..5: the paper's grid search; the table shows 1, 3 and 5 like the paper), DIF-VM, VM (CIR-DM), AS, S+TC,
+AS+TC, AS+ATC.
+
+Outputs (``--docs docs``):
+
+- ``docs/results/table1_<preset>.csv``: one row per method, mean and sample std over the test pairs of every
+  column, training wall time, steps, peak RSS; ``docs/results/table1_<preset>_pairs.csv``: every pair;
+- ``docs/results/table1_<preset>.json``: the settings, versions and the paired comparisons;
+- ``docs/figures/table1_<preset>_weights.png`` (Fig. 3 b/d), ``..._uncertainty.png`` (Fig. 3 a/c),
+  ``..._slices.png`` (Fig. 2);
+- the generated part of ``docs/results.md`` between ``<!-- table1:<preset>:begin -->`` and
+  ``<!-- table1:<preset>:end -->`` (the rest of the page is left as written).
+
+Rerunning reuses a row whose training finished (``runs/<row>/train_done.json``) unless ``--retrain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import environment_info, run_measured  # noqa: E402
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # the quick-start setting of the bundle (64x64x48, 20 epochs of 30 pairs = 600 steps), with more test pairs
+    "quick": {"spatial_size": [64, 64, 48], "epochs": 20, "num_pairs": 50, "num_val": 5, "num_test": 15},
+    # the paper's input size, batch 1, N = 6; 100 epochs of 30 pairs = 3000 steps (our choice, for a GPU)
+    "full": {"spatial_size": [176, 176, 128], "epochs": 100, "num_pairs": 50, "num_val": 5, "num_test": 15},
+}
+
+#: the learned rows after the grid: row id -> (label, bundle overrides)
+LEARNED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dif_vm": ("DIF-VM", {"method": "dif_vm"}),
+    "cir_dm": ("VM (CIR-DM)", {"method": "cir_dm"}),
+    "as": ("AS", {"method": "as"}),
+    "s_tc": ("S+TC", {"method": "s_tc"}),
+    "as_tc": ("AS+TC", {"method": "as_tc"}),
+    "as_atc": ("AS+ATC", {"method": "as_atc"}),
+}
+CLASSICAL_ROWS: dict[str, tuple[str, str]] = {
+    "initial": ("Initial", "classical.NoRegistration"),
+    "syn": ("SyN (ANTsPy)", "classical.ANTsSyN"),
+    "elastix": ("elastix B-spline", "classical.ElastixBSpline"),
+}
+#: rows of the paper's Table 1 that the figures show in this order (the grid's other lambdas follow)
+TABLE_ORDER = ["initial", "syn", "elastix", "vm_l1", "vm_l3", "vm_l5", "dif_vm", "cir_dm", "as", "s_tc", "as_tc",
+               "as_atc"]
+
+
+def grid_row(lam: float) -> str:
+    return f"vm_l{lam:g}".replace(".", "p")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    ap.add_argument("--out", default="", help="work folder (default benchmarks/out/table1_<preset>)")
+    ap.add_argument("--docs", default=str(ROOT / "docs"), help="docs folder the results are written into")
+    ap.add_argument("--rows", nargs="*", default=None, help="only these rows (default all)")
+    ap.add_argument("--grid", nargs="+", type=float, default=[1, 2, 3, 4, 5], help="lambda_phi of the VM grid")
+    ap.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    ap.add_argument("--spatial_size", nargs=3, type=int, default=None, help="override the preset's size")
+    ap.add_argument("--num_pairs", type=int, default=None)
+    ap.add_argument("--num_val", type=int, default=None)
+    ap.add_argument("--num_test", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch / ITK threads")
+    ap.add_argument("--figure_pair", type=int, default=0, help="index of the test pair shown in the figures")
+    ap.add_argument("--retrain", action="store_true", help="train again even when a row's training finished")
+    ap.add_argument("--no_docs", action="store_true", help="do not write into docs/ (smoke runs)")
+    args = ap.parse_args()
+
+    cfg = dict(PRESETS[args.preset])
+    for key in ("epochs", "spatial_size", "num_pairs", "num_val", "num_test"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    cfg["seed"] = args.seed
+    out = Path(args.out or ROOT / "benchmarks" / "out" / f"table1_{args.preset}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
+
+    rows = all_rows(args.grid)
+    if args.rows:
+        unknown = set(args.rows) - set(rows)
+        if unknown:
+            raise ValueError(f"--rows: unknown {sorted(unknown)}, expected some of {sorted(rows)}.")
+        rows = {k: v for k, v in rows.items() if k in args.rows}
+
+    overrides = common_overrides(cfg, out)
+    started = time.time()
+    datalist = make_dataset(overrides)
+    print(f"[table1] dataset {datalist}, {cfg}", flush=True)
+
+    trained: dict[str, dict[str, Any]] = {}
+    for row, spec in rows.items():
+        if spec["kind"] == "learned":
+            trained[row] = train_row(row, spec, overrides, out, args.retrain, args.threads)
+
+    spacing = [f / s for f, s in zip(overrides["phantom#field_of_view"], cfg["spatial_size"])]
+    for row, spec in rows.items():
+        if spec["kind"] == "classical" and row != "initial":
+            from classical import ANTsSyN, ElastixBSpline, check_displacement_convention
+
+            tool = {"syn": ANTsSyN, "elastix": ElastixBSpline}[row](spacing=spacing, num_threads=args.threads)
+            check_displacement_convention(tool)
+            print(f"[table1] {row}: displacement convention checked", flush=True)
+
+    pairs: dict[str, list[dict[str, Any]]] = {}
+    slices: dict[str, dict[str, np.ndarray]] = {}
+    for row, spec in rows.items():
+        t = time.time()
+        pairs[row], slices[row] = evaluate_row(row, spec, overrides, out, spacing, args.threads, args.figure_pair)
+        print(f"[table1] {row}: evaluated {len(pairs[row])} pairs in {time.time() - t:.0f} s", flush=True)
+
+    summary = summarise(rows, pairs, trained)
+    comparisons = paired_comparisons(pairs)
+    info = run_info(args, cfg, spacing, time.time() - started)
+    write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained)
+    print(f"[table1] done in {(time.time() - started) / 60:.1f} min", flush=True)
+
+
+def all_rows(grid: Sequence[float]) -> dict[str, dict[str, Any]]:
+    """Row id -> ``{"label", "kind", "overrides" | "target"}`` in table order."""
+    rows: dict[str, dict[str, Any]] = {}
+    for row, (label, target) in CLASSICAL_ROWS.items():
+        rows[row] = {"label": label, "kind": "classical", "target": target}
+    for lam in grid:
+        rows[grid_row(lam)] = {"label": f"VM (lambda={lam:g})", "kind": "learned",
+                               "overrides": {"method": "vm", "lambda_phi": float(lam)}, "grid": True}
+    for row, (label, ov) in LEARNED_ROWS.items():
+        rows[row] = {"label": label, "kind": "learned", "overrides": dict(ov)}
+    return rows
+
+
+def common_overrides(cfg: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """The bundle overrides every row shares: dataset, split, size, length, seed."""
+    return {
+        "phantom_dir": str(out / "phantom"),
+        "phantom#num_pairs": cfg["num_pairs"],
+        "phantom#num_val": cfg["num_val"],
+        "phantom#num_test": cfg["num_test"],
+        "phantom#field_of_view": [176.0, 176.0, 128.0],
+        "spatial_size": list(cfg["spatial_size"]),
+        "epochs": cfg["epochs"],
+        "seed": cfg["seed"],
+    }
+
+
+def bundle_parser(config_files: Sequence[str], overrides: Mapping[str, Any]):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(ROOT / "bundle" / "configs" / f) for f in config_files])
+    for k, v in overrides.items():
+        parser[k] = v
+    parser.parse()
+    return parser
+
+
+def make_dataset(overrides: Mapping[str, Any]) -> str:
+    """Generate the phantom dataset once (the training children then reuse it)."""
+    parser = bundle_parser(["train.json"], {**overrides, "bundle_root": overrides["phantom_dir"]})
+    return str(parser.get_parsed_content("datalist_file"))
+
+
+def train_row(row: str, spec: Mapping[str, Any], overrides: Mapping[str, Any], out: Path, retrain: bool,
+              threads: int) -> dict[str, Any]:
+    """Train one learned row with the bundle command in a child process; its wall time and peak RSS."""
+    root = out / "runs" / row
+    done = root / "train_done.json"
+    if done.is_file() and not retrain:
+        print(f"[table1] {row}: training reused ({done})", flush=True)
+        return json.loads(done.read_text())
+    root.mkdir(parents=True, exist_ok=True)
+    for old in (root / "models").glob("*.pt"):
+        old.unlink()
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training",
+           "--meta_file", str(ROOT / "bundle/configs/metadata.json"),
+           "--config_file", str(ROOT / "bundle/configs/train.json"),
+           "--logging_file", str(ROOT / "bundle/configs/logging.conf"),
+           "--bundle_root", str(root), "--resume", "False"]
+    for k, v in {**overrides, **spec["overrides"]}.items():
+        cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    print(f"[table1] {row}: training ({' '.join(cmd[1:])})", flush=True)
+    start = time.perf_counter()
+    with open(root / "train.log", "w") as log:
+        returncode, peak_mib, _ = run_measured(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
+    seconds = time.perf_counter() - start
+    if returncode != 0:
+        tail = (root / "train.log").read_text()[-3000:]
+        raise RuntimeError(f"training of row {row!r} failed (exit {returncode}):\n{tail}")
+    result = {"row": row, "train_seconds": seconds, "peak_rss_mib": peak_mib,
+              "steps": steps_from_log(root / "outputs" / "weights.csv"), "command": cmd[1:]}
+    done.write_text(json.dumps(result, indent=2))
+    print(f"[table1] {row}: trained in {seconds:.0f} s, peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
+    return result
+
+
+def steps_from_log(weights_csv: Path) -> int:
+    """Training iterations, from the weight curves the bundle writes (one line per iteration)."""
+    with open(weights_csv) as f:
+        return sum(1 for _ in f) - 1
+
+
+def evaluate_row(row: str, spec: Mapping[str, Any], overrides: Mapping[str, Any], out: Path,
+                 spacing: Sequence[float], threads: int, figure_pair: int):
+    """Score one row on the test pairs with the bundle's evaluator; per-pair rows and the figure pair's slices."""
+    from ignite.engine import Events
+
+    from mtreg_monai.engines import RegistrationKeys as K
+
+    root = out / "runs" / row
+    ov = {**overrides, "bundle_root": str(root), **spec.get("overrides", {})}
+    parser = bundle_parser(["train.json", "evaluate.json"], ov)
+    if spec["kind"] == "classical":
+        import importlib
+
+        module, name = spec["target"].rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        kwargs = {} if row == "initial" else {"spacing": list(spacing), "num_threads": threads}
+        parser["network"] = cls(**kwargs)
+        parser["validate#handlers"] = [  # no checkpoint to load (MONAI stores "#" as "::")
+            h for h in parser["validate#handlers"] if not (isinstance(h, str) and h.endswith("checkpoint_loader"))]
+        parser["validate#report#info#checkpoint"] = spec["target"]
+    evaluator = parser.get_parsed_content("validate#evaluator")
+    captured: dict[str, np.ndarray] = {}
+
+    def capture(engine) -> None:
+        if engine.state.iteration - 1 != figure_pair:
+            return
+        o = engine.state.output
+        for key, name in ((K.FIXED_IMAGE, "fixed"), (K.MOVING_IMAGE, "moving"), (K.WARPED_IMAGE, "warped"),
+                          (K.FIXED_LABEL, "fixed_label"), (K.MOVING_LABEL, "moving_label"),
+                          (K.WARPED_LABEL, "warped_label"), (K.DDF, "ddf")):
+            captured[name] = torch.as_tensor(o[key])[0].detach().float().cpu().numpy()
+
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, capture)
+    evaluator.run()
+    eval_dir = Path(parser.get_parsed_content("eval_dir"))
+    with open(eval_dir / "metrics.csv") as f:
+        pair_rows = [dict(r) for r in csv.DictReader(f)]
+    return pair_rows, captured
+
+
+METRIC_COLUMNS = ["dice_liver", "dice_spleen", "dice_right_kidney", "dice_left_kidney", "dice_mean", "asd_liver",
+                  "asd_spleen", "asd_right_kidney", "asd_left_kidney", "asd_mean", "folding_percent",
+                  "jacobian_std", "seconds"]
+
+
+def _values(pair_rows: Sequence[Mapping[str, Any]], col: str) -> np.ndarray:
+    return np.asarray([float(r[col]) for r in pair_rows if col in r and r[col] not in ("", None)], dtype=np.float64)
+
+
+def summarise(rows, pairs, trained) -> list[dict[str, Any]]:
+    """Per row: mean and sample std of every column (Dice in %), and the training figures."""
+    table = []
+    for row, spec in rows.items():
+        rec: dict[str, Any] = {"row": row, "label": spec["label"], "n_pairs": len(pairs[row])}
+        for col in METRIC_COLUMNS:
+            v = _values(pairs[row], col)
+            v = v[np.isfinite(v)] * (100.0 if col.startswith("dice_") else 1.0)
+            rec[f"{col}_mean"] = float(v.mean()) if v.size else math.nan
+            rec[f"{col}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        tr = trained.get(row, {})
+        rec["train_seconds"] = tr.get("train_seconds", math.nan)
+        rec["train_steps"] = tr.get("steps", 0)
+        rec["train_peak_rss_mib"] = tr.get("peak_rss_mib", math.nan)
+        table.append(rec)
+    return table
+
+
+def paired_comparisons(pairs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """AS+ATC against every other row, pair by pair: mean Dice difference (points), wins, Wilcoxon p."""
+    from scipy.stats import wilcoxon
+
+    if "as_atc" not in pairs:
+        return []
+    def key(r: Mapping[str, Any]) -> str:
+        return f"{r.get('fixed')}|{r.get('moving')}"
+
+    ref = {key(r): float(r["dice_mean"]) for r in pairs["as_atc"]}
+    out = []
+    for row, rows in pairs.items():
+        if row == "as_atc":
+            continue
+        other = {key(r): float(r["dice_mean"]) for r in rows}
+        common = sorted(set(ref) & set(other))
+        d = np.asarray([ref[p] - other[p] for p in common]) * 100.0
+        p = float(wilcoxon(d).pvalue) if d.size > 1 and np.any(d != 0) else math.nan
+        out.append({"row": row, "n": int(d.size), "mean_diff_points": float(d.mean()) if d.size else math.nan,
+                    "std_diff_points": float(d.std(ddof=1)) if d.size > 1 else math.nan,
+                    "as_atc_better_pairs": int((d > 0).sum()), "wilcoxon_p": p})
+    return out
+
+
+def run_info(args, cfg, spacing, seconds) -> dict[str, Any]:
+    return {"preset": args.preset, "settings": cfg, "grid": args.grid, "spacing_mm": spacing, "threads": args.threads,
+            "total_minutes": seconds / 60.0, "date": time.strftime("%Y-%m-%d %H:%M"),
+            **environment_info("cuda" if torch.cuda.is_available() else "cpu")}
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained) -> None:
+    docs = Path(args.docs) if not args.no_docs else out
+    res_dir, fig_dir = docs / "results", docs / "figures"
+    res_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"table1_{args.preset}"
+    write_csv(res_dir / f"{stem}.csv", summary)
+    flat = [{"row": row, **r} for row, rs in pairs.items() for r in rs]
+    write_csv(res_dir / f"{stem}_pairs.csv", flat)
+    (res_dir / f"{stem}.json").write_text(json.dumps(
+        {"info": info, "paired_vs_as_atc": comparisons, "training": trained}, indent=2, default=str))
+    figures = {}
+    if "as_atc" in rows or "as" in rows:
+        figures["weights"] = plot_weight_curves(out, rows, fig_dir / f"{stem}_weights.png")
+    if "as_atc" in rows and "initial" in slices and slices["initial"]:
+        figures["uncertainty"] = plot_uncertainty(out, overrides, slices["initial"], fig_dir / f"{stem}_uncertainty.png")
+    if slices:
+        figures["slices"] = plot_slices(rows, slices, fig_dir / f"{stem}_slices.png")
+    md = results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs)
+    path = (docs / "results.md") if not args.no_docs else out / "results.md"
+    replace_section(path, f"table1:{args.preset}", md)
+    print(f"[table1] wrote {res_dir / stem}.csv, {path}", flush=True)
+
+
+def write_csv(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(records)
+
+
+def replace_section(path: Path, name: str, text: str) -> None:
+    """Write ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` of ``path``, keeping the rest."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{text.rstrip()}\n{end}\n"
+    old = path.read_text() if path.is_file() else ""
+    if begin in old and end in old:
+        new = old[: old.index(begin)] + block + old[old.index(end) + len(end) + 1:]
+    else:
+        new = (old.rstrip() + "\n\n" if old else "# Results\n\n") + block
+    path.write_text(new)
+
+
+def _pm(rec: Mapping[str, Any], col: str, dec: int) -> str:
+    m, s = rec.get(f"{col}_mean", math.nan), rec.get(f"{col}_std", math.nan)
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "n/a"
+    return f"{m:.{dec}f} ± {s:.{dec}f}" if not math.isnan(s) else f"{m:.{dec}f}"
+
+
+def _fmt_time(s: float) -> str:
+    return "–" if s is None or math.isnan(s) else f"{s / 60:.1f} min"
+
+
+def results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs) -> str:
+    by = {r["row"]: r for r in summary}
+    order = [r for r in TABLE_ORDER if r in by] + [r for r in by if r not in TABLE_ORDER]
+    size = "x".join(str(s) for s in cfg["spatial_size"])
+    steps = max((r["train_steps"] for r in summary), default=0)
+    n_test = max((r["n_pairs"] for r in summary), default=0)
+    lines = [
+        f"### Preset `{args.preset}`: {size} voxels, {steps} training steps per learned row, {n_test} test pairs",
+        "",
+        f"Generated by `python benchmarks/table1.py --preset {args.preset}` on {info['date']} "
+        f"({info['cpu_count']} cores of {info['device_name']}, {args.threads} threads, torch {info['torch']}, "
+        f"MONAI {info['monai']}, ANTsPy {info['antspyx']}, itk-elastix {info['itk-elastix']}); "
+        f"total {info['total_minutes']:.1f} min. "
+        f"Seed {cfg['seed']}; phantom dataset of {cfg['num_pairs']} CT-MR pairs, {cfg['num_val']} validation and "
+        f"{cfg['num_test']} test pairs, the rest for training; every learned row trained for {cfg['epochs']} epochs "
+        "and scored with its best-validation checkpoint (`models/model.pt`). Mean ± sample std over the test pairs. "
+        f"Raw numbers: [results/table1_{args.preset}.csv](results/table1_{args.preset}.csv) (per row) and "
+        f"[results/table1_{args.preset}_pairs.csv](results/table1_{args.preset}_pairs.csv) (per pair).",
+        "",
+        "| Method | Dice liver | Dice spleen | Dice R kidney | Dice L kidney | Dice mean | ASD mean (mm) "
+        "| % \\|J\\|<=0 | std \\|J\\| | training | s / pair |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in order:
+        r = by[row]
+        lines.append(
+            f"| {r['label']} | {_pm(r, 'dice_liver', 1)} | {_pm(r, 'dice_spleen', 1)} | {_pm(r, 'dice_right_kidney', 1)} "
+            f"| {_pm(r, 'dice_left_kidney', 1)} | **{_pm(r, 'dice_mean', 2)}** | {_pm(r, 'asd_mean', 2)} "
+            f"| {_pm(r, 'folding_percent', 3)} | {_pm(r, 'jacobian_std', 3)} | {_fmt_time(r['train_seconds'])} "
+            f"| {r['seconds_mean']:.3f} |"
+        )
+    lines += ["", "Per-organ ASD (mm):", "",
+              "| Method | liver | spleen | R kidney | L kidney |", "|---|---|---|---|---|"]
+    for row in order:
+        r = by[row]
+        lines.append(f"| {r['label']} | {_pm(r, 'asd_liver', 2)} | {_pm(r, 'asd_spleen', 2)} "
+                     f"| {_pm(r, 'asd_right_kidney', 2)} | {_pm(r, 'asd_left_kidney', 2)} |")
+    lines += ["", *orderings_markdown(by, comparisons)]
+    if comparisons:
+        lines += ["", "AS+ATC against each row, pair by pair (mean Dice difference in points, AS+ATC minus the row; "
+                  "pairs where AS+ATC is better; two-sided Wilcoxon signed-rank p):", "",
+                  "| Row | mean diff ± std | AS+ATC better | p |", "|---|---|---|---|"]
+        for c in comparisons:
+            lines.append(f"| {by[c['row']]['label']} | {c['mean_diff_points']:+.2f} ± {c['std_diff_points']:.2f} "
+                         f"| {c['as_atc_better_pairs']}/{c['n']} | {c['wilcoxon_p']:.3g} |")
+    for key, title in (("weights", "lambda_phi and lambda_c over the training steps (paper Fig. 3 b/d)"),
+                       ("uncertainty", "AS+ATC teacher uncertainty on a test pair (paper Fig. 3 a/c)"),
+                       ("slices", "One axial slice per method, fixed-image organ contours over the warped moving "
+                                  "image (paper Fig. 2)")):
+        if figures.get(key):
+            lines += ["", f"{title}:", "", f"![{key}]({os.path.relpath(figures[key], docs)})"]
+    return "\n".join(lines)
+
+
+def orderings_markdown(by: Mapping[str, Mapping[str, Any]], comparisons) -> list[str]:
+    """The paper's claims as orderings, each checked on the numbers above: reproduced or not."""
+    def dice(r):
+        return by[r]["dice_mean_mean"]
+
+    grid = [r for r in by if r.startswith("vm_l")]
+    checks: list[tuple[str, bool | None, str]] = []
+    if "as_atc" in by and grid:
+        best = max(grid, key=dice)
+        checks.append((f"AS+ATC has a higher mean Dice than the best fixed-lambda VM of the grid ({by[best]['label']})",
+                       dice("as_atc") > dice(best), f"{dice('as_atc'):.2f} vs {dice(best):.2f}"))
+        checks.append(("AS+ATC is smoother than that VM (lower std \\|J\\|)",
+                       by["as_atc"]["jacobian_std_mean"] < by[best]["jacobian_std_mean"],
+                       f"{by['as_atc']['jacobian_std_mean']:.3f} vs {by[best]['jacobian_std_mean']:.3f}"))
+        t_grid = sum(by[r]["train_seconds"] for r in grid)
+        t_as = by["as_atc"]["train_seconds"]
+        if not math.isnan(t_grid) and not math.isnan(t_as) and len(grid) == 5:
+            checks.append(("One AS+ATC training costs less than the five-run grid (paper: about 4.2x less)",
+                           t_as < t_grid, f"grid {t_grid / 60:.1f} min / AS+ATC {t_as / 60:.1f} min = "
+                                          f"{t_grid / t_as:.2f}x"))
+    for a, b in (("as_atc", "as_tc"), ("as_tc", "as"), ("as_atc", "s_tc"), ("as_tc", "s_tc")):
+        if a in by and b in by:
+            checks.append((f"{by[a]['label']} > {by[b]['label']} in mean Dice (ablation)", dice(a) > dice(b),
+                           f"{dice(a):.2f} vs {dice(b):.2f}"))
+    for b in ("dif_vm", "cir_dm", "syn", "elastix"):
+        if "as_atc" in by and b in by:
+            checks.append((f"AS+ATC > {by[b]['label']} in mean Dice", dice("as_atc") > dice(b),
+                           f"{dice('as_atc'):.2f} vs {dice(b):.2f}"))
+    if "initial" in by:
+        for r in by:
+            if r != "initial" and dice(r) <= dice("initial"):
+                checks.append((f"{by[r]['label']} improves on Initial", False, f"{dice(r):.2f} vs {dice('initial'):.2f}"))
+    if not checks:
+        return []
+    lines = ["The paper's orderings, checked on this table:", "", "| Claim | Here | Figures |", "|---|---|---|"]
+    for claim, ok, figs in checks:
+        lines.append(f"| {claim} | {'reproduced' if ok else '**not reproduced**'} | {figs} |")
+    return lines
+
+
+def _axial_index(label: np.ndarray) -> int:
+    """Axial slice (last axis, RAS) with the most organ voxels in the fixed label."""
+    return int(np.argmax((label[0] > 0).sum(axis=(0, 1))))
+
+
+def _show(ax, img: np.ndarray, title: str, cmap: str = "gray", **kw) -> Any:
+    h = ax.imshow(np.rot90(img), cmap=cmap, **kw)
+    ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return h
+
+
+def _contours(ax, label: np.ndarray) -> None:
+    colours = ["#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffff33"]
+    for i, v in enumerate(v for v in np.unique(label) if v > 0):
+        ax.contour(np.rot90((label == v).astype(float)), levels=[0.5], colors=colours[i % len(colours)],
+                   linewidths=0.8)
+
+
+def plot_slices(rows, slices, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = next(s for s in slices.values() if s)
+    k = _axial_index(ref["fixed_label"])
+    panels = [("Fixed (MR), its organs", ref["fixed"][0][:, :, k], ref["fixed_label"][0][:, :, k]),
+              ("Moving (CT), fixed organs", ref["moving"][0][:, :, k], ref["fixed_label"][0][:, :, k])]
+    order = [r for r in TABLE_ORDER if r in slices and slices[r]] + [r for r in slices if r not in TABLE_ORDER
+                                                                      and slices[r]]
+    for row in order:
+        if row == "initial":
+            continue
+        s = slices[row]
+        panels.append((rows[row]["label"], s["warped"][0][:, :, k], ref["fixed_label"][0][:, :, k]))
+    cols = 5
+    nrow = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(nrow, cols, figsize=(2.6 * cols, 2.6 * nrow), squeeze=False)
+    for ax, (title, img, lab) in zip(axes.flat, panels):
+        _show(ax, img, title)
+        _contours(ax, lab)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"test pair, axial slice {k}: warped moving image, fixed-image organ contours", fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def plot_weight_curves(out: Path, rows, path: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for row in ("as", "as_tc", "as_atc", "s_tc"):
+        f = out / "runs" / row / "outputs" / "weights.csv"
+        if row not in rows or not f.is_file():
+            continue
+        data = np.genfromtxt(f, delimiter=",", names=True)
+        for ax, key in zip(axes, ("lambda_phi", "lambda_c")):
+            if key in data.dtype.names:
+                ax.plot(data["iteration"], _smooth(data[key]), lw=0.9, label=rows[row]["label"])
+    for ax, key in zip(axes, ("lambda_phi", "lambda_c")):
+        ax.set_xlabel("training step")
+        ax.set_ylabel(f"{key} (moving average of 10 steps)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+def _smooth(v: np.ndarray, n: int = 10) -> np.ndarray:
+    v = np.asarray(v, dtype=float)
+    if v.size < n:
+        return v
+    return np.convolve(v, np.ones(n) / n, mode="same")
+
+
+def plot_uncertainty(out: Path, overrides: Mapping[str, Any], pair: Mapping[str, np.ndarray], path: Path) -> str:
+    """U_phi and U_I of the AS+ATC teacher (its N MC samples, the training settings) on the figure pair."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from monai.networks.blocks import Warp
+
+    from mtreg_monai.handlers import load_checkpoint
+    from mtreg_monai.handlers.uncertainty import coefficient_of_variation, mc_predictions
+
+    root = out / "runs" / "as_atc"
+    parser = bundle_parser(["train.json"], {**overrides, "bundle_root": str(root), "method": "as_atc",
+                                            "device": torch.device("cpu")})
+    net = parser.get_parsed_content("network_def")
+    ckpt = load_checkpoint(root / "models" / "model.pt", map_location="cpu")
+    net.load_state_dict(ckpt["teacher"])
+    n = int(parser.get_parsed_content("num_mc_samples"))
+    moving = torch.as_tensor(pair["moving"])[None]
+    fixed = torch.as_tensor(pair["fixed"])[None]
+    torch.manual_seed(0)
+    ddfs, warped = mc_predictions(net, moving, fixed, n, Warp())
+    u_phi = coefficient_of_variation(ddfs, float(parser.get_parsed_content("ddf_floor")))[1].mean(dim=1)[0].numpy()
+    u_img = coefficient_of_variation(warped, float(parser.get_parsed_content("image_floor")))[1][0, 0].numpy()
+    k = _axial_index(pair["fixed_label"])
+    tau1, tau2 = float(parser.get_parsed_content("tau1")), float(parser.get_parsed_content("tau2"))
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
+    _show(axes[0], pair["fixed"][0][:, :, k], "fixed (MR)")
+    _show(axes[1], pair["moving"][0][:, :, k], "moving (CT)")
+    for ax, u, title, tau in ((axes[2], u_phi, "U_phi (mean of the 3 axes)", tau1), (axes[3], u_img, "U_I", tau2)):
+        _show(ax, pair["moving"][0][:, :, k], "")
+        h = ax.imshow(np.rot90(u[:, :, k]), cmap="magma", alpha=0.65, vmin=0, vmax=float(np.percentile(u, 99.5)))
+        frac = float((u > tau).mean()) * 100
+        ax.set_title(f"{title} over the moving image\n{frac:.1f} % of the volume above tau = {tau:g}", fontsize=8)
+        fig.colorbar(h, ax=ax, fraction=0.046)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
+
+
+if __name__ == "__main__":
+    main()
