@@ -73,9 +73,9 @@ CLASSICAL_ROWS: dict[str, tuple[str, str]] = {
     "syn": ("SyN (ANTsPy)", "classical.ANTsSyN"),
     "elastix": ("elastix B-spline", "classical.ElastixBSpline"),
 }
-#: rows of the paper's Table 1 that the figures show in this order (the grid's other lambdas follow)
-TABLE_ORDER = ["initial", "syn", "elastix", "vm_l1", "vm_l3", "vm_l5", "dif_vm", "cir_dm", "as", "s_tc", "as_tc",
-               "as_atc"]
+#: the order of the rows in the tables and figures (the paper's, with the whole lambda grid)
+TABLE_ORDER = ["initial", "syn", "elastix", "vm_l1", "vm_l2", "vm_l3", "vm_l4", "vm_l5", "dif_vm", "cir_dm", "as",
+               "s_tc", "as_tc", "as_atc"]
 
 
 def grid_row(lam: float) -> str:
@@ -99,6 +99,8 @@ def main() -> None:
     ap.add_argument("--figure_pair", type=int, default=0, help="index of the test pair shown in the figures")
     ap.add_argument("--retrain", action="store_true", help="train again even when a row's training finished")
     ap.add_argument("--no_docs", action="store_true", help="do not write into docs/ (smoke runs)")
+    ap.add_argument("--no_final", action="store_true",
+                    help="do not also score the learned rows' last checkpoint (models/model_final.pt)")
     args = ap.parse_args()
 
     cfg = dict(PRESETS[args.preset])
@@ -144,10 +146,25 @@ def main() -> None:
         pairs[row], slices[row] = evaluate_row(row, spec, overrides, out, spacing, args.threads, args.figure_pair)
         print(f"[table1] {row}: evaluated {len(pairs[row])} pairs in {time.time() - t:.0f} s", flush=True)
 
-    summary = summarise(rows, pairs, trained)
+    # the same learned rows with their last checkpoint: how much the best-validation choice matters
+    final_pairs: dict[str, list[dict[str, Any]]] = {}
+    if not args.no_final:
+        for row, spec in rows.items():
+            root = out / "runs" / row
+            if spec["kind"] == "learned":
+                extra = {"eval_checkpoint": str(root / "models" / "model_final.pt"),
+                         "eval_dir": str(root / "outputs" / "eval_final")}
+                final_pairs[row] = evaluate_row(row, spec, {**overrides, **extra}, out, spacing, args.threads, -1)[0]
+            else:
+                final_pairs[row] = pairs[row]
+        print("[table1] learned rows evaluated with their last checkpoint too", flush=True)
+
+    summary = summarise(rows, pairs, trained, out)
     comparisons = paired_comparisons(pairs)
-    info = run_info(args, cfg, spacing, time.time() - started)
-    write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained)
+    final = {"summary": summarise(rows, final_pairs, trained, out), "comparisons": paired_comparisons(final_pairs),
+             "pairs": final_pairs} if final_pairs else None
+    info = run_info(args, cfg, spacing, time.time() - started, trained)
+    write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained, final)
     print(f"[table1] done in {(time.time() - started) / 60:.1f} min", flush=True)
 
 
@@ -243,7 +260,7 @@ def evaluate_row(row: str, spec: Mapping[str, Any], overrides: Mapping[str, Any]
     from mtreg_monai.engines import RegistrationKeys as K
 
     root = out / "runs" / row
-    ov = {**overrides, "bundle_root": str(root), **spec.get("overrides", {})}
+    ov = {"bundle_root": str(root), **overrides, **spec.get("overrides", {})}
     parser = bundle_parser(["train.json", "evaluate.json"], ov)
     if spec["kind"] == "classical":
         import importlib
@@ -284,7 +301,17 @@ def _values(pair_rows: Sequence[Mapping[str, Any]], col: str) -> np.ndarray:
     return np.asarray([float(r[col]) for r in pair_rows if col in r and r[col] not in ("", None)], dtype=np.float64)
 
 
-def summarise(rows, pairs, trained) -> list[dict[str, Any]]:
+def best_epoch(train_log: Path) -> int | None:
+    """Epoch of the best-validation checkpoint (``models/model.pt``), from the bundle's training log."""
+    import re
+
+    if not train_log.is_file():
+        return None
+    found = re.findall(r"best value: [0-9.eE+-]+ at epoch: (\d+)", train_log.read_text(errors="replace"))
+    return int(found[-1]) if found else None
+
+
+def summarise(rows, pairs, trained, out: Path | None = None) -> list[dict[str, Any]]:
     """Per row: mean and sample std of every column (Dice in %), and the training figures."""
     table = []
     for row, spec in rows.items():
@@ -298,6 +325,7 @@ def summarise(rows, pairs, trained) -> list[dict[str, Any]]:
         rec["train_seconds"] = tr.get("train_seconds", math.nan)
         rec["train_steps"] = tr.get("steps", 0)
         rec["train_peak_rss_mib"] = tr.get("peak_rss_mib", math.nan)
+        rec["best_epoch"] = best_epoch(out / "runs" / row / "train.log") if out is not None and tr else None
         table.append(rec)
     return table
 
@@ -326,14 +354,16 @@ def paired_comparisons(pairs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
     return out
 
 
-def run_info(args, cfg, spacing, seconds) -> dict[str, Any]:
+def run_info(args, cfg, spacing, seconds, trained) -> dict[str, Any]:
+    train_min = sum(t["train_seconds"] for t in trained.values()) / 60.0
     return {"preset": args.preset, "settings": cfg, "grid": args.grid, "spacing_mm": spacing, "threads": args.threads,
-            "total_minutes": seconds / 60.0, "date": time.strftime("%Y-%m-%d %H:%M"),
+            "total_minutes": seconds / 60.0, "training_minutes": train_min, "date": time.strftime("%Y-%m-%d %H:%M"),
             **environment_info("cuda" if torch.cuda.is_available() else "cpu")}
 
 
 # ---------------------------------------------------------------------------------------------------- outputs
-def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained) -> None:
+def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slices, overrides, trained,
+                  final=None) -> None:
     docs = Path(args.docs) if not args.no_docs else out
     res_dir, fig_dir = docs / "results", docs / "figures"
     res_dir.mkdir(parents=True, exist_ok=True)
@@ -342,8 +372,13 @@ def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slice
     write_csv(res_dir / f"{stem}.csv", summary)
     flat = [{"row": row, **r} for row, rs in pairs.items() for r in rs]
     write_csv(res_dir / f"{stem}_pairs.csv", flat)
+    if final:
+        write_csv(res_dir / f"{stem}_final.csv", final["summary"])
+        write_csv(res_dir / f"{stem}_final_pairs.csv", [{"row": row, **r} for row, rs in final["pairs"].items()
+                                                       for r in rs])
     (res_dir / f"{stem}.json").write_text(json.dumps(
-        {"info": info, "paired_vs_as_atc": comparisons, "training": trained}, indent=2, default=str))
+        {"info": info, "paired_vs_as_atc": comparisons, "training": trained,
+         "paired_vs_as_atc_final": final["comparisons"] if final else None}, indent=2, default=str))
     figures = {}
     if "as_atc" in rows or "as" in rows:
         figures["weights"] = plot_weight_curves(out, rows, fig_dir / f"{stem}_weights.png")
@@ -351,7 +386,7 @@ def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slice
         figures["uncertainty"] = plot_uncertainty(out, overrides, slices["initial"], fig_dir / f"{stem}_uncertainty.png")
     if slices:
         figures["slices"] = plot_slices(rows, slices, fig_dir / f"{stem}_slices.png")
-    md = results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs)
+    md = results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs, final)
     path = (docs / "results.md") if not args.no_docs else out / "results.md"
     replace_section(path, f"table1:{args.preset}", md)
     print(f"[table1] wrote {res_dir / stem}.csv, {path}", flush=True)
@@ -390,9 +425,40 @@ def _fmt_time(s: float) -> str:
     return "–" if s is None or math.isnan(s) else f"{s / 60:.1f} min"
 
 
-def results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs) -> str:
+def _order(by: Mapping[str, Any]) -> list[str]:
+    return [r for r in TABLE_ORDER if r in by] + [r for r in by if r not in TABLE_ORDER]
+
+
+def table_markdown(by: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The Table-1 columns, one line per row."""
+    lines = ["| Method | Dice liver | Dice spleen | Dice R kidney | Dice L kidney | Dice mean | ASD mean (mm) "
+             "| % \\|J\\|<=0 | std \\|J\\| | training (best epoch) | s / pair |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in _order(by):
+        r = by[row]
+        train = _fmt_time(r["train_seconds"]) + (f" ({r['best_epoch']})" if r.get("best_epoch") is not None else "")
+        lines.append(
+            f"| {r['label']} | {_pm(r, 'dice_liver', 1)} | {_pm(r, 'dice_spleen', 1)} | {_pm(r, 'dice_right_kidney', 1)} "
+            f"| {_pm(r, 'dice_left_kidney', 1)} | **{_pm(r, 'dice_mean', 2)}** | {_pm(r, 'asd_mean', 2)} "
+            f"| {_pm(r, 'folding_percent', 3)} | {_pm(r, 'jacobian_std', 3)} | {train} | {r['seconds_mean']:.3f} |"
+        )
+    return lines
+
+
+def comparisons_markdown(by: Mapping[str, Mapping[str, Any]], comparisons) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["AS+ATC against each row, pair by pair (mean Dice difference in points, AS+ATC minus the row; "
+             "pairs where AS+ATC is better; two-sided Wilcoxon signed-rank p):", "",
+             "| Row | mean diff ± std | AS+ATC better | p |", "|---|---|---|---|"]
+    for c in sorted(comparisons, key=lambda c: _order(by).index(c["row"])):
+        lines.append(f"| {by[c['row']]['label']} | {c['mean_diff_points']:+.2f} ± {c['std_diff_points']:.2f} "
+                     f"| {c['as_atc_better_pairs']}/{c['n']} | {c['wilcoxon_p']:.3g} |")
+    return lines
+
+
+def results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs, final=None) -> str:
     by = {r["row"]: r for r in summary}
-    order = [r for r in TABLE_ORDER if r in by] + [r for r in by if r not in TABLE_ORDER]
     size = "x".join(str(s) for s in cfg["spatial_size"])
     steps = max((r["train_steps"] for r in summary), default=0)
     n_test = max((r["n_pairs"] for r in summary), default=0)
@@ -401,42 +467,36 @@ def results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs)
         "",
         f"Generated by `python benchmarks/table1.py --preset {args.preset}` on {info['date']} "
         f"({info['cpu_count']} cores of {info['device_name']}, {args.threads} threads, torch {info['torch']}, "
-        f"MONAI {info['monai']}, ANTsPy {info['antspyx']}, itk-elastix {info['itk-elastix']}); "
-        f"total {info['total_minutes']:.1f} min. "
+        f"MONAI {info['monai']}, ANTsPy {info['antspyx']}, itk-elastix {info['itk-elastix']}). "
+        f"The trainings took {info['training_minutes']:.1f} min in all (each timed when it ran); this invocation, "
+        f"which scored every row, took {info['total_minutes']:.1f} min. "
         f"Seed {cfg['seed']}; phantom dataset of {cfg['num_pairs']} CT-MR pairs, {cfg['num_val']} validation and "
         f"{cfg['num_test']} test pairs, the rest for training; every learned row trained for {cfg['epochs']} epochs "
-        "and scored with its best-validation checkpoint (`models/model.pt`). Mean ± sample std over the test pairs. "
+        "and scored with its best-validation checkpoint (`models/model.pt`; its epoch in brackets). "
+        "Mean ± sample std over the test pairs. "
         f"Raw numbers: [results/table1_{args.preset}.csv](results/table1_{args.preset}.csv) (per row) and "
         f"[results/table1_{args.preset}_pairs.csv](results/table1_{args.preset}_pairs.csv) (per pair).",
         "",
-        "| Method | Dice liver | Dice spleen | Dice R kidney | Dice L kidney | Dice mean | ASD mean (mm) "
-        "| % \\|J\\|<=0 | std \\|J\\| | training | s / pair |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_markdown(by),
+        "", "Per-organ ASD (mm):", "",
+        "| Method | liver | spleen | R kidney | L kidney |", "|---|---|---|---|---|",
     ]
-    for row in order:
-        r = by[row]
-        lines.append(
-            f"| {r['label']} | {_pm(r, 'dice_liver', 1)} | {_pm(r, 'dice_spleen', 1)} | {_pm(r, 'dice_right_kidney', 1)} "
-            f"| {_pm(r, 'dice_left_kidney', 1)} | **{_pm(r, 'dice_mean', 2)}** | {_pm(r, 'asd_mean', 2)} "
-            f"| {_pm(r, 'folding_percent', 3)} | {_pm(r, 'jacobian_std', 3)} | {_fmt_time(r['train_seconds'])} "
-            f"| {r['seconds_mean']:.3f} |"
-        )
-    lines += ["", "Per-organ ASD (mm):", "",
-              "| Method | liver | spleen | R kidney | L kidney |", "|---|---|---|---|---|"]
-    for row in order:
+    for row in _order(by):
         r = by[row]
         lines.append(f"| {r['label']} | {_pm(r, 'asd_liver', 2)} | {_pm(r, 'asd_spleen', 2)} "
                      f"| {_pm(r, 'asd_right_kidney', 2)} | {_pm(r, 'asd_left_kidney', 2)} |")
-    lines += ["", *orderings_markdown(by, comparisons)]
-    if comparisons:
-        lines += ["", "AS+ATC against each row, pair by pair (mean Dice difference in points, AS+ATC minus the row; "
-                  "pairs where AS+ATC is better; two-sided Wilcoxon signed-rank p):", "",
-                  "| Row | mean diff ± std | AS+ATC better | p |", "|---|---|---|---|"]
-        for c in comparisons:
-            lines.append(f"| {by[c['row']]['label']} | {c['mean_diff_points']:+.2f} ± {c['std_diff_points']:.2f} "
-                         f"| {c['as_atc_better_pairs']}/{c['n']} | {c['wilcoxon_p']:.3g} |")
+    lines += ["", *orderings_markdown(by, comparisons), "", *comparisons_markdown(by, comparisons)]
+    if final:
+        fby = {r["row"]: r for r in final["summary"]}
+        lines += ["", f"#### The same learned rows scored with their last checkpoint (`models/model_final.pt`, "
+                      f"epoch {cfg['epochs']})", "",
+                  f"Raw numbers: [results/table1_{args.preset}_final.csv](results/table1_{args.preset}_final.csv), "
+                  f"[results/table1_{args.preset}_final_pairs.csv](results/table1_{args.preset}_final_pairs.csv). "
+                  "Classical rows repeated from above.", "",
+                  *table_markdown(fby), "", *orderings_markdown(fby, final["comparisons"]), "",
+                  *comparisons_markdown(fby, final["comparisons"])]
     for key, title in (("weights", "lambda_phi and lambda_c over the training steps (paper Fig. 3 b/d)"),
-                       ("uncertainty", "AS+ATC teacher uncertainty on a test pair (paper Fig. 3 a/c)"),
+                       ("uncertainty", "Uncertainty of the AS+ATC teacher at the end of training on a test pair (paper Fig. 3 a/c)"),
                        ("slices", "One axial slice per method, fixed-image organ contours over the warped moving "
                                   "image (paper Fig. 2)")):
         if figures.get(key):
@@ -548,7 +608,8 @@ def plot_weight_curves(out: Path, rows, path: Path) -> str:
         data = np.genfromtxt(f, delimiter=",", names=True)
         for ax, key in zip(axes, ("lambda_phi", "lambda_c")):
             if key in data.dtype.names:
-                ax.plot(data["iteration"], _smooth(data[key]), lw=0.9, label=rows[row]["label"])
+                steps, values = _smooth(data["iteration"], data[key])
+                ax.plot(steps, values, lw=0.9, label=rows[row]["label"])
     for ax, key in zip(axes, ("lambda_phi", "lambda_c")):
         ax.set_xlabel("training step")
         ax.set_ylabel(f"{key} (moving average of 10 steps)")
@@ -559,15 +620,17 @@ def plot_weight_curves(out: Path, rows, path: Path) -> str:
     return str(path)
 
 
-def _smooth(v: np.ndarray, n: int = 10) -> np.ndarray:
-    v = np.asarray(v, dtype=float)
+def _smooth(steps: np.ndarray, v: np.ndarray, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Moving average over ``n`` steps, only where the window is full (no edge artefacts)."""
+    steps, v = np.asarray(steps, dtype=float), np.asarray(v, dtype=float)
     if v.size < n:
-        return v
-    return np.convolve(v, np.ones(n) / n, mode="same")
+        return steps, v
+    return steps[n - 1:], np.convolve(v, np.ones(n) / n, mode="valid")
 
 
 def plot_uncertainty(out: Path, overrides: Mapping[str, Any], pair: Mapping[str, np.ndarray], path: Path) -> str:
-    """U_phi and U_I of the AS+ATC teacher (its N MC samples, the training settings) on the figure pair."""
+    """U_phi and U_I of the AS+ATC teacher at the end of training (``model_final.pt``; N MC samples, the
+    training settings) on the figure pair; the fractions above tau are those of Eq. 5 (all voxels and axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -576,30 +639,34 @@ def plot_uncertainty(out: Path, overrides: Mapping[str, Any], pair: Mapping[str,
 
     from mtreg_monai.handlers import load_checkpoint
     from mtreg_monai.handlers.uncertainty import coefficient_of_variation, mc_predictions
+    from mtreg_monai.handlers.weighting import uncertain_fraction
 
     root = out / "runs" / "as_atc"
     parser = bundle_parser(["train.json"], {**overrides, "bundle_root": str(root), "method": "as_atc",
                                             "device": torch.device("cpu")})
     net = parser.get_parsed_content("network_def")
-    ckpt = load_checkpoint(root / "models" / "model.pt", map_location="cpu")
+    ckpt = load_checkpoint(root / "models" / "model_final.pt", map_location="cpu")
     net.load_state_dict(ckpt["teacher"])
     n = int(parser.get_parsed_content("num_mc_samples"))
     moving = torch.as_tensor(pair["moving"])[None]
     fixed = torch.as_tensor(pair["fixed"])[None]
     torch.manual_seed(0)
     ddfs, warped = mc_predictions(net, moving, fixed, n, Warp())
-    u_phi = coefficient_of_variation(ddfs, float(parser.get_parsed_content("ddf_floor")))[1].mean(dim=1)[0].numpy()
+    u_phi3 = coefficient_of_variation(ddfs, float(parser.get_parsed_content("ddf_floor")))[1][0].numpy()
     u_img = coefficient_of_variation(warped, float(parser.get_parsed_content("image_floor")))[1][0, 0].numpy()
+    u_phi = u_phi3.mean(axis=0)
     k = _axial_index(pair["fixed_label"])
     tau1, tau2 = float(parser.get_parsed_content("tau1")), float(parser.get_parsed_content("tau2"))
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.8))
     _show(axes[0], pair["fixed"][0][:, :, k], "fixed (MR)")
     _show(axes[1], pair["moving"][0][:, :, k], "moving (CT)")
-    for ax, u, title, tau in ((axes[2], u_phi, "U_phi (mean of the 3 axes)", tau1), (axes[3], u_img, "U_I", tau2)):
+    for ax, u, u_all, title, tau in ((axes[2], u_phi, u_phi3, "U_phi (mean of the 3 axes)", tau1),
+                                     (axes[3], u_img, u_img, "U_I", tau2)):
         _show(ax, pair["moving"][0][:, :, k], "")
         h = ax.imshow(np.rot90(u[:, :, k]), cmap="magma", alpha=0.65, vmin=0, vmax=float(np.percentile(u, 99.5)))
-        frac = float((u > tau).mean()) * 100
-        ax.set_title(f"{title} over the moving image\n{frac:.1f} % of the volume above tau = {tau:g}", fontsize=8)
+        frac = float(uncertain_fraction(torch.as_tensor(u_all)[None], tau)[0]) * 100
+        ax.set_title(f"{title} over the moving image\n{frac:.1f} % of the volume above tau = {tau:g} (Eq. 5)",
+                     fontsize=8)
         fig.colorbar(h, ax=ax, fraction=0.046)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
