@@ -209,34 +209,43 @@ class ElastixBSpline(ClassicalRegistration):
         return self._mm_to_voxels(np.ascontiguousarray(arr.transpose(2, 1, 0, 3)))
 
 
-def check_displacement_convention(method: torch.nn.Module, size: Sequence[int] = (48, 48, 40), shift: int = 2) -> float:
+def check_displacement_convention(
+    method: torch.nn.Module, size: Sequence[int] = (48, 48, 40), shift: int = 2
+) -> tuple[float, float, float]:
     """
-    Register a smooth blob image to a copy of itself moved by ``shift`` voxels along axis 0 and return the mean
-    displacement along axis 0 inside the blob (should be about ``+shift``: ``fixed(x) = moving(x + shift)``).
+    Register a textured blob image to a copy of itself moved by ``shift`` voxels, once along each axis, and return
+    the mean displacement along the moved axis inside the blob for each of the three runs (each should be about
+    ``+shift``: ``fixed(x) = moving(x + shift)``).
 
-    The test checks the convention, not the accuracy: a wrong axis order, sign or unit (mm instead of voxels)
-    moves the mean far outside the accepted range, an under-registration (the affine + B-spline default
-    recovers 50-70 % of a 2-voxel shift of this image at 2.75-5.5 mm voxels, and a pure translation exactly) does
-    not. A unit error would scale the shift by the voxel size (2.75 mm and more here).
+    The test checks the convention, not the accuracy: a wrong axis order, sign or unit (mm instead of voxels, or
+    the voxel sizes applied to the wrong axes) moves a mean far outside the accepted range, an under-registration
+    (elastix's B-spline recovers 50-70 % of a 2-voxel shift of this image at 2.75-5.5 mm voxels, and a pure
+    translation exactly) does not. Use an anisotropic ``spacing`` in the method to catch per-axis unit errors.
 
     Raises:
-        RuntimeError: when the mean displacement along axis 0 is not within [0.25, 1.5] x ``shift`` or the other
-        two axes move by more than 0.5 voxel.
+        RuntimeError: when, for any axis, the mean displacement along it is not within [0.25, 1.5] x ``shift`` or
+        the other two axes move by more than 0.5 voxel.
     """
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in size], indexing="ij"))
-    centre = np.asarray(size, dtype=np.float32)[:, None, None, None] / 2
-    r2 = (((grid - centre) / (np.asarray(size, dtype=np.float32)[:, None, None, None] / 5)) ** 2).sum(0)
+    scale = np.asarray(size, dtype=np.float32)[:, None, None, None]
+    r2 = (((grid - scale / 2) / (scale / 5)) ** 2).sum(0)
     moving = np.exp(-r2) + 0.5 * np.exp(-4 * r2)
-    moving += 0.3 * np.sin(grid[0] / 3.0) * np.exp(-r2 / 4)  # texture so each axis is constrained
-    fixed = np.roll(moving, -shift, axis=0)  # fixed(x) = moving(x + shift)
-    x = torch.as_tensor(np.stack([moving, fixed])[None], dtype=torch.float32)
-    with torch.no_grad():
-        ddf = method(x)[0].numpy()
+    for axis, period in enumerate((3.0, 4.0, 5.0)):  # texture along every axis, so each one is constrained
+        moving += 0.3 * np.sin(grid[axis] / period) * np.exp(-r2 / 4)
     inside = np.exp(-r2) > 0.3
-    means = [float(ddf[c][inside].mean()) for c in range(3)]
-    if not 0.25 * shift <= means[0] <= 1.5 * shift or abs(means[1]) > 0.5 or abs(means[2]) > 0.5:
-        raise RuntimeError(
-            f"{type(method).__name__}: expected a mean displacement of ({shift}, 0, 0) voxels in the blob, "
-            f"got {tuple(round(m, 3) for m in means)}: check the wrapper's axis order, sign and units."
-        )
-    return means[0]
+    recovered = []
+    for axis in range(3):
+        fixed = np.roll(moving, -shift, axis=axis)  # fixed(x) = moving(x + shift e_axis)
+        x = torch.as_tensor(np.stack([moving, fixed])[None], dtype=torch.float32)
+        with torch.no_grad():
+            ddf = method(x)[0].numpy()
+        means = [float(ddf[c][inside].mean()) for c in range(3)]
+        others = [means[c] for c in range(3) if c != axis]
+        if not 0.25 * shift <= means[axis] <= 1.5 * shift or max(abs(m) for m in others) > 0.5:
+            expected = tuple(float(shift) if c == axis else 0.0 for c in range(3))
+            raise RuntimeError(
+                f"{type(method).__name__}: expected a mean displacement of {expected} voxels in the blob, "
+                f"got {tuple(round(m, 3) for m in means)}: check the wrapper's axis order, sign and units."
+            )
+        recovered.append(means[axis])
+    return tuple(recovered)  # type: ignore[return-value]

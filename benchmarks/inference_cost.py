@@ -3,7 +3,7 @@
 Run (all measurements at the quick-start size and at the paper's size)::
 
     python benchmarks/inference_cost.py --sizes 64 64 48 176 176 128 --threads 2 \
-        --json docs/figures/inference_cost.json
+        --json docs/results/inference_cost.json
 
 For each ``--sizes`` entry (groups of 3 ints, multiples of 16) one synthetic CT-MR pair is generated
 (``mtreg_monai.data.make_phantom_pair(size, seed=--seed)``, the bundle's field of view), written as NIfTI and put
