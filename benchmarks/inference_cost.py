@@ -44,7 +44,6 @@ import torch
 from _common import environment_info, run_measured  # benchmarks/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
-HERE = Path(__file__).resolve().parent
 TRAIN_CONFIG = ROOT / "bundle" / "configs" / "train.json"
 MARKER = "@@inference_cost@@ "
 LABELS = {"student": "student", "syn": "ANTs SyN", "elastix": "elastix B-spline"}
@@ -200,7 +199,6 @@ def run_child(args: argparse.Namespace) -> None:
     """One measurement (``--_child``); prints its result as one JSON line after ``MARKER``."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(HERE))
     kind, size, workdir = args._child, list(args._size), args._workdir
     device = torch.device(args.device)
     cuda = device.type == "cuda"

@@ -368,7 +368,7 @@ def paired_test(pairs: Mapping[str, Sequence[Mapping[str, Any]]], a: str, b: str
     d = np.asarray([va[k] - vb[k] for k in common], dtype=np.float64) * scale
     p = float(wilcoxon(d).pvalue) if d.size > 1 and np.any(d != 0) else math.nan
     better = (d < 0) if lower_is_better else (d > 0)
-    return {"row": b, "against": a, "column": col, "n": int(d.size),
+    return {"row": b, "against": a, "column": col, "lower_is_better": lower_is_better, "n": int(d.size),
             "mean_diff": float(d.mean()) if d.size else math.nan,
             "std_diff": float(d.std(ddof=1)) if d.size > 1 else math.nan,
             "better_pairs": int(better.sum()), "wilcoxon_p": p}
@@ -541,10 +541,9 @@ def verdict(test: Mapping[str, Any], alpha: float = 0.05) -> str:
     p = test["wilcoxon_p"]
     if not p < alpha:
         return f"**not distinguishable** (p = {p:.2g})"
-    if test["better_pairs"] * 2 > test["n"] and test["mean_diff"] != 0:
-        expected = test["mean_diff"] < 0 if test["column"] == "jacobian_std" else test["mean_diff"] > 0
-        if expected:
-            return f"reproduced (p = {p:.2g})"
+    mean_better = test["mean_diff"] < 0 if test["lower_is_better"] else test["mean_diff"] > 0
+    if mean_better and test["better_pairs"] * 2 > test["n"]:
+        return f"reproduced (p = {p:.2g})"
     return f"**not reproduced: reversed** (p = {p:.2g})"
 
 

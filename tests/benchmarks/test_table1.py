@@ -98,7 +98,7 @@ def test_orderings_decided_by_paired_tests_and_the_grid_best_by_validation():
     base = rng.uniform(0.8, 0.9, n)
     pairs = {f"vm_l{i}": _pairs(base + 0.001 * i) for i in range(1, 6)}
     for r in pairs:  # smoothness per pair
-        for p, v in zip(pairs[r], base):
+        for p in pairs[r]:
             p["jacobian_std"] = "0.05"
     pairs["as_atc"] = _pairs(base + 0.02)  # better than every VM on every pair
     for p in pairs["as_atc"]:
