@@ -4,42 +4,16 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_text_atomic"]
+__all__ = ["atomic_path", "atomic_write", "write_text_atomic"]
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
-    """
-    Write a file so that ``path`` holds either its previous content or the complete new one, never a partial file.
-
-    ``write(f)`` writes into a hidden temporary file in the same folder (a unique name, so concurrent writers such as
-    several ranks do not collide; permissions ``0o666 & ~umask`` like a normal file), which is flushed, ``fsync``-ed
-    and renamed over ``path`` with ``os.replace``; the folder is then ``fsync``-ed where the platform allows. On any
-    error the temporary file is removed and the exception re-raised. Missing parent folders are created.
-
-    Args:
-        path: the destination file.
-        write: called with the open temporary file.
-        binary: open it in binary mode (default text, UTF-8, ``newline=""``).
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode & ~umask, like open(..., "w")
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in ``folder`` durable (POSIX); not possible on every platform."""
     try:
-        with os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable (POSIX); not possible on every platform
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
@@ -49,6 +23,65 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], bina
         pass
     finally:
         os.close(dir_fd)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
+    """
+    A temporary path to write a file through, for writers that want a file name rather than an open file.
+
+    The block writes the file at the yielded path: a hidden, unique name in the destination's folder,
+    ``.<name>.<random hex>.tmp<suffix>``, created empty beforehand (so concurrent writers such as several ranks do
+    not collide; permissions ``0o666 & ~umask`` like a normal file). When the block ends without error the file is
+    ``fsync``-ed and renamed over ``path`` with ``os.replace``, and the folder is ``fsync``-ed where the platform
+    allows, so ``path`` holds either its previous content or the complete new one, never a partial file. On any
+    error the temporary file is removed and the exception re-raised. Missing parent folders are created.
+
+    Args:
+        path: the destination file.
+        suffix: appended to the temporary name, for writers that choose the format by the file name
+            (``".nii.gz"`` for SimpleITK, ``".png"`` for matplotlib).
+
+    Example::
+
+        with atomic_path("out/ddf.nii.gz", suffix=".nii.gz") as tmp:
+            sitk.WriteImage(image, tmp)
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode & ~umask, like open(..., "w")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    _fsync_folder(folder)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """
+    Write a file so that ``path`` holds either its previous content or the complete new one, never a partial file.
+
+    ``write(f)`` writes into the temporary file of :func:`atomic_path` (``.<name>.<random hex>.tmp`` in the same
+    folder), which is then ``fsync``-ed and renamed over ``path``; on any error it is removed and the exception
+    re-raised. Missing parent folders are created.
+
+    Args:
+        path: the destination file.
+        write: called with the open temporary file.
+        binary: open it in binary mode (default text, UTF-8, ``newline=""``).
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as f:
+        write(f)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

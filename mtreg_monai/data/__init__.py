@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .datalist import DATALIST_SECTIONS, load_registration_datalist, read_json_file
+from .dataset import SafeCacheDataset
 from .learn2reg import LEARN2REG_PAIR_SECTIONS, convert_learn2reg_datalist, is_learn2reg_datalist, resolve_datalist
 from .phantom import CT_INTENSITIES, MR_INTENSITIES, make_phantom_dataset, make_phantom_pair
 from .phantom_anatomy import BREATHING_WEIGHTS, ORGAN_LABELS, ORGANS, TISSUES
@@ -30,4 +31,5 @@ __all__ = [
     "make_phantom_dataset",
     "make_phantom_pair",
     "resolve_datalist",
+    "SafeCacheDataset",
 ]

@@ -67,6 +67,7 @@ def load_registration_datalist(
     base_dir: str | os.PathLike | None = None,
     require_labels: bool = True,
     check_files: bool = False,
+    allow_empty: bool = True,
 ) -> list[dict[str, Any]]:
     """Read and validate one section of a registration datalist.
 
@@ -86,16 +87,20 @@ def load_registration_datalist(
             ``None``: resolve against the JSON's folder, no confinement.
         require_labels: the label keys are required (training, evaluation); False at inference.
         check_files: also check that every referenced file exists.
+        allow_empty: accept an empty section (returning ``[]``). Training passes False: an empty ``training``
+            section would otherwise surface as a sampler error (``num_samples=0``) far from its cause. Sections
+            that may legitimately be empty (``mtreg-register`` writes a datalist with an empty ``training`` list
+            and reads only ``test``) keep the default True.
 
     Returns:
         one dict per item, with absolute, normalised path strings for the image and label keys; an empty list
-        for an empty section.
+        for an empty section when ``allow_empty``.
 
     Raises:
         FileNotFoundError: ``path`` (or ``base_dir``) does not exist, or with ``check_files`` a referenced file.
-        ValueError: the JSON does not parse or is not an object, the section is missing or not a list, an item
-            is not an object, a required key is missing, a path is not a non-empty string or resolves outside
-            ``base_dir``.
+        ValueError: the JSON does not parse or is not an object, the section is missing or not a list (or empty
+            when not ``allow_empty``), an item is not an object, a required key is missing, a path is not a
+            non-empty string or resolves outside ``base_dir``.
             Messages name the file, the section, the item index and the key.
         TypeError: ``path`` or ``section`` has the wrong type.
 
@@ -122,6 +127,11 @@ def load_registration_datalist(
     if not isinstance(items, list):
         raise ValueError(
             f"Section '{section}' of datalist '{json_path}' must be a list of pairs, got a {type(items).__name__}."
+        )
+    if not items and not allow_empty:
+        raise ValueError(
+            f"Section '{section}' of datalist '{json_path}' is empty; expected at least one pair "
+            f"(objects with keys {list(IMAGE_KEYS + (LABEL_KEYS if require_labels else ()))})."
         )
 
     if base_dir is not None:

@@ -9,6 +9,8 @@ from typing import Any
 
 from monai.data import Dataset, list_data_collate
 
+from mtreg_monai.transforms.utils import IMAGE_KEYS
+
 __all__ = [
     "FAILED_KEY",
     "FailSafeDataset",
@@ -22,8 +24,6 @@ logger = logging.getLogger(__name__)
 
 #: key of a failure marker's flag, and of the list of markers in a collated batch and in ``engine.state.output``.
 FAILED_KEY = "failed"
-
-_PAIR_KEYS = ("fixed_image", "moving_image")
 
 
 def exception_reason(exc: BaseException) -> str:
@@ -63,7 +63,7 @@ def failure_marker(item: Any, reason: str, stage: str = "load") -> dict[str, Any
     Returns:
         ``{"failed": True, "stage": stage, "reason": reason, "fixed_image": path, "moving_image": path}``.
     """
-    paths = {k: str(item.get(k, "")) if isinstance(item, Mapping) else "" for k in _PAIR_KEYS}
+    paths = {k: str(item.get(k, "")) if isinstance(item, Mapping) else "" for k in IMAGE_KEYS}
     return {FAILED_KEY: True, "stage": str(stage), "reason": str(reason), **paths}
 
 

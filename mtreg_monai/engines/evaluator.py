@@ -11,11 +11,13 @@ from ignite.engine import Engine, EventEnum
 from ignite.metrics import Metric
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.inferers import Inferer
 from monai.networks.blocks import Warp
 from monai.transforms import Transform
 from monai.utils import ForwardMode
 from torch.utils.data import DataLoader
 
+from mtreg_monai.data.robust import FAILED_KEY
 from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationEvents, RegistrationKeys
 
 __all__ = ["RegistrationEvaluator"]
@@ -49,6 +51,9 @@ class RegistrationEvaluator(SupervisedEvaluator):
         device: device of the network.
         val_data_loader: loader of pair dictionaries.
         network: ``(B, 2, H, W, D) -> ddf (B, 3, H, W, D)``.
+        inferer: runs ``network`` on the ``(B, 2, H, W, D)`` moving/fixed input and returns the displacement;
+            default ``SimpleInferer()`` (the whole volume at once). A ``SlidingWindowInferer`` registers volumes
+            larger than memory window by window and blends the windows' displacements.
         image_warp_mode: interpolation of the moving image.
         warp_padding_mode: padding outside the moving grid.
         other args: as :class:`monai.engines.SupervisedEvaluator`; ``prepare_batch`` defaults to
@@ -66,6 +71,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
         non_blocking: bool = False,
         prepare_batch: Callable | None = None,
         iteration_update: Callable[[Engine, Any], Any] | None = None,
+        inferer: Inferer | None = None,
         postprocessing: Transform | None = None,
         key_val_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
@@ -87,6 +93,7 @@ class RegistrationEvaluator(SupervisedEvaluator):
             non_blocking=non_blocking,
             prepare_batch=PrepareRegistrationBatch() if prepare_batch is None else prepare_batch,
             iteration_update=iteration_update,
+            inferer=inferer,
             postprocessing=postprocessing,
             key_val_metric=key_val_metric,
             additional_metrics=additional_metrics,
@@ -106,22 +113,22 @@ class RegistrationEvaluator(SupervisedEvaluator):
     def _iteration(self, engine: RegistrationEvaluator, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        failed = batchdata.get("failed", []) if isinstance(batchdata, dict) else []
-        if failed and set(batchdata) == {"failed"}:  # only pairs that failed to load (FailSafeDataset): no network
-            engine.state.output = {"failed": list(failed)}
+        failed = batchdata.get(FAILED_KEY, []) if isinstance(batchdata, dict) else []
+        if failed and set(batchdata) == {FAILED_KEY}:  # only pairs that failed to load (FailSafeDataset): no network
+            engine.state.output = {FAILED_KEY: list(failed)}
             return engine.state.output
         if failed:
-            batchdata = {k: v for k, v in batchdata.items() if k != "failed"}
+            batchdata = {k: v for k, v in batchdata.items() if k != FAILED_KEY}
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         engine.state.output = out = dict(batch)
         if failed:
-            out["failed"] = list(failed)
+            out[FAILED_KEY] = list(failed)
         fixed, moving = out[Keys.FIXED_IMAGE], out[Keys.MOVING_IMAGE]
         engine.fire_event(RegistrationEvents.TEACHER_PASS)
         device_type = torch.device(engine.state.device).type
         start = time.perf_counter()
         with engine.mode(engine.network), torch.autocast(device_type, enabled=engine.amp, **engine.amp_kwargs):
-            ddf = engine.network(torch.cat([moving, fixed], dim=1)).float()
+            ddf = engine.inferer(torch.cat([moving, fixed], dim=1), engine.network).float()
             out[Keys.DDF] = ddf
             out[Keys.WARPED_IMAGE] = self.image_warp(moving.float(), ddf)
             if Keys.MOVING_LABEL in out:

@@ -11,6 +11,7 @@ from ignite.engine import Engine, EventEnum
 from ignite.metrics import Metric
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.inferers import Inferer
 from monai.networks.blocks import Warp
 from monai.transforms import Transform
 from torch.optim.optimizer import Optimizer
@@ -68,6 +69,8 @@ class RegistrationTrainer(SupervisedTrainer):
         max_epochs: number of epochs.
         train_data_loader: loader of pair dictionaries (keys ``fixed_image``, ``moving_image``).
         network: the student, ``(B, 2, H, W, D) -> ddf (B, 3, H, W, D)`` in voxels.
+        inferer: runs ``network`` on the moving/fixed input (and the regularisation weight of a conditional
+            network); default ``SimpleInferer()``.
         optimizer: optimiser of the student.
         similarity_loss: ``S(warped, fixed)``, e.g. :class:`~mtreg_monai.losses.MINDSSCLoss`; build losses with
             ``reduction="none"`` so that per-pair weights apply per pair (a scalar loss is used for every pair).
@@ -102,6 +105,7 @@ class RegistrationTrainer(SupervisedTrainer):
         non_blocking: bool = False,
         prepare_batch: Callable | None = None,
         iteration_update: Callable[[Engine, Any], Any] | None = None,
+        inferer: Inferer | None = None,
         postprocessing: Transform | None = None,
         key_train_metric: dict[str, Metric] | None = None,
         additional_metrics: dict[str, Metric] | None = None,
@@ -131,6 +135,7 @@ class RegistrationTrainer(SupervisedTrainer):
             non_blocking=non_blocking,
             prepare_batch=PrepareRegistrationBatch() if prepare_batch is None else prepare_batch,
             iteration_update=iteration_update,
+            inferer=inferer,
             postprocessing=postprocessing,
             key_train_metric=key_train_metric,
             additional_metrics=additional_metrics,
@@ -170,10 +175,13 @@ class RegistrationTrainer(SupervisedTrainer):
         out[Keys.LAMBDA_PHI], out[Keys.LAMBDA_C] = lambda_phi, lambda_c
 
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast(device_type=torch.device(engine.state.device).type, enabled=engine.amp, **engine.amp_kwargs):
+        with torch.autocast(
+            device_type=torch.device(engine.state.device).type, enabled=engine.amp, **engine.amp_kwargs
+        ):
             x = torch.cat([moving, fixed], dim=1)
             reg_weight = out.get(Keys.REG_WEIGHT)
-            ddf = engine.network(x) if reg_weight is None else engine.network(x, reg_weight)
+            args = () if reg_weight is None else (reg_weight,)
+            ddf = engine.inferer(x, engine.network, *args)
             warped = self.warp(moving, ddf)
             out[Keys.DDF], out[Keys.WARPED_IMAGE] = ddf, warped
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
@@ -219,7 +227,8 @@ class RegistrationTrainer(SupervisedTrainer):
             meta = getattr(batchdata.get(key), "meta", {}) if isinstance(batchdata, dict) else {}
             names[str(key)] = meta.get("filename_or_obj", "unknown")
         self.logger.warning(
-            "Non-finite loss %s at iteration %d for pair %s: the student and the teacher are not updated (%d in a row).",
+            "Non-finite loss %s at iteration %d for pair %s: the student and the teacher are not updated "
+            "(%d in a row).",
             loss.item(),
             engine.state.iteration,
             names,
@@ -227,6 +236,7 @@ class RegistrationTrainer(SupervisedTrainer):
         )
         if self.nonfinite_in_a_row > self.max_nonfinite_steps:
             raise RuntimeError(
-                f"{self.nonfinite_in_a_row} non-finite losses in a row (max_nonfinite_steps={self.max_nonfinite_steps}); "
+                f"{self.nonfinite_in_a_row} non-finite losses in a row "
+                f"(max_nonfinite_steps={self.max_nonfinite_steps}); "
                 f"last pair {names}. Check the input images and the learning rate."
             )

@@ -10,21 +10,32 @@ from ignite.engine import EventEnum
 from monai.data import MetaTensor
 from monai.utils import StrEnum
 
-__all__ = ["RegistrationKeys", "RegistrationEvents", "PrepareRegistrationBatch", "per_pair", "loss_terms", "LOGGED_TERMS"]
+from mtreg_monai.transforms.utils import IMAGE_KEYS, LABEL_KEYS, PAIR_KEYS, PairKeys
+
+__all__ = [
+    "RegistrationKeys",
+    "RegistrationEvents",
+    "PrepareRegistrationBatch",
+    "per_pair",
+    "loss_terms",
+    "LOGGED_TERMS",
+]
 
 
 class RegistrationKeys(StrEnum):
     """
     Keys of the batch dictionaries and of ``engine.state.output`` of the registration engines.
 
+    The pair's keys (``FIXED_IMAGE``, ``MOVING_IMAGE``, ``FIXED_LABEL``, ``MOVING_LABEL``) are the members of
+    :class:`~mtreg_monai.transforms.PairKeys`, where they are defined; the others are the engines' outputs.
     Images are (B, 1, H, W, D), displacements (B, 3, H, W, D) in voxels (``warped(x) = moving(x + ddf(x))``),
     uncertainties have the shape of what they measure, scalars per pair are (B,) tensors.
     """
 
-    FIXED_IMAGE = "fixed_image"
-    MOVING_IMAGE = "moving_image"
-    FIXED_LABEL = "fixed_label"
-    MOVING_LABEL = "moving_label"
+    # the pair's keys, copied from PairKeys (the enum "_ignore_" idiom of the Python docs: `key` is no member)
+    _ignore_ = "key"
+    for key in PairKeys:
+        vars()[key.name] = key.value
     DDF = "ddf"
     WARPED_IMAGE = "warped_image"
     WARPED_LABEL = "warped_label"
@@ -74,7 +85,9 @@ def per_pair(value: torch.Tensor, batch_size: int) -> torch.Tensor:
     if value.ndim == 0:
         return value.expand(batch_size)
     if value.shape[0] != batch_size:
-        raise ValueError(f"Expecting a loss of shape (B={batch_size}, ...) or a scalar, got shape {tuple(value.shape)}.")
+        raise ValueError(
+            f"Expecting a loss of shape (B={batch_size}, ...) or a scalar, got shape {tuple(value.shape)}."
+        )
     return value.reshape(batch_size, -1).mean(dim=1)
 
 
@@ -97,17 +110,20 @@ class PrepareRegistrationBatch:
         self.keep_meta = keep_meta
 
     def __call__(
-        self, batchdata: Mapping[str, Any], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs
+        self,
+        batchdata: Mapping[str, Any],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs,
     ) -> dict[str, torch.Tensor]:
         if not isinstance(batchdata, Mapping):
             raise TypeError(f"batchdata must be a dict of tensors, got {type(batchdata).__name__}.")
-        keys = [RegistrationKeys.FIXED_IMAGE, RegistrationKeys.MOVING_IMAGE]
-        labels = [RegistrationKeys.FIXED_LABEL, RegistrationKeys.MOVING_LABEL]
-        missing = [str(k) for k in keys + (labels if self.require_labels else []) if k not in batchdata]
+        required = IMAGE_KEYS + (LABEL_KEYS if self.require_labels else ())
+        missing = [k for k in required if k not in batchdata]
         if missing:
             raise ValueError(f"batchdata is missing the keys {missing}; it has {sorted(map(str, batchdata))}.")
         out = {}
-        for key in keys + labels:
+        for key in PAIR_KEYS:
             if key in batchdata:
                 value = batchdata[key]
                 if not self.keep_meta and isinstance(value, MetaTensor):

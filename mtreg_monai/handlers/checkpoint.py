@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
-from monai.networks.utils import copy_model_state
 
 from mtreg_monai.utils import atomic_write
 
@@ -28,6 +26,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "CheckpointError",
+    "engine_progress",
     "load_checkpoint",
     "non_finite_entries",
     "SafeCheckpointLoader",
@@ -126,6 +125,26 @@ def non_finite_entries(save_dict: Mapping[str, Any], limit: int = 5) -> list[str
     return found
 
 
+def engine_progress(state: Any) -> tuple[int | None, int | None]:
+    """
+    ``(epoch, iteration)`` of an Ignite engine's saved ``state_dict`` (which holds ``iteration`` or ``epoch``).
+
+    Args:
+        state: the ``"trainer"`` entry of a checkpoint, or anything else (then ``(None, None)``).
+
+    Returns:
+        the completed epochs and iterations, ``None`` where the state cannot tell.
+    """
+    if not isinstance(state, Mapping):
+        return None, None
+    iteration, epoch, length = state.get("iteration"), state.get("epoch"), state.get("epoch_length")
+    if epoch is None and isinstance(iteration, int) and isinstance(length, int) and length > 0:
+        epoch = iteration // length
+    if iteration is None and isinstance(epoch, int) and isinstance(length, int):
+        iteration = epoch * length
+    return epoch, iteration
+
+
 class AtomicDiskSaver(DiskSaver):
     """
     Ignite ``DiskSaver`` whose writes are atomic, umask-respecting and whose deletions wait for the next good write.
@@ -176,8 +195,12 @@ class AtomicCheckpointSaver(CheckpointSaver):
     but every save goes through :class:`AtomicDiskSaver` (temporary file + ``fsync`` + ``os.replace``, normal file
     permissions, old files deleted only after the new one is written), and before every save the floating-point
     state of ``save_dict`` is checked: if any tensor holds NaN or inf, nothing is written, an error naming the
-    checkpoint and the first offending tensors is logged, and the previous file is kept. ``attach`` does not
-    register the same callback twice.
+    checkpoint and the first offending tensors is logged, and the previous file is kept. The final checkpoint
+    (at ``COMPLETED`` or ``EXCEPTION_RAISED``) is written only if at least one iteration ran in this run of the
+    engine (``iterations_run``): resuming a finished training, or failing before the first step, rewrites nothing.
+    ``attach`` does not register the same callback twice. The saver has ``state_dict``/``load_state_dict`` (the
+    key-metric tracking state), so it can itself go into a checkpoint's ``save_dict`` to resume the best-model
+    tracking.
 
     Args:
         save_dir, save_dict, name, file_prefix, save_final, final_filename, save_key_metric, key_metric_name,
@@ -189,6 +212,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         saver = AtomicCheckpointSaver(save_dir="ckpt", save_dict={"model": net, "optimizer": opt},
                                       save_interval=1, n_saved=1, save_final=True, final_filename="model_final.pt")
         saver.attach(trainer)
+        resume_dict = {"model": net, "best_checkpoint": best_saver}  # best_saver: save_key_metric=True
     """
 
     def __init__(
@@ -228,13 +252,28 @@ class AtomicCheckpointSaver(CheckpointSaver):
             save_interval=save_interval,
             n_saved=n_saved,
         )
-        for ckpt, fixed in (
-            (self._final_checkpoint, final_filename),
-            (self._key_metric_checkpoint, key_metric_filename),
-            (self._interval_checkpoint, None),
-        ):
+        for ckpt, fixed in zip(self._checkpoints(), (final_filename, key_metric_filename, None), strict=True):
             if ckpt is not None:
                 ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+        self.iterations_run = 0
+
+    def _checkpoints(self) -> tuple[Checkpoint | None, Checkpoint | None, Checkpoint | None]:
+        """The final, key-metric and interval Ignite ``Checkpoint`` objects that MONAI's constructor built."""
+        return self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint
+
+    @property
+    def key_metric_checkpoint(self) -> Checkpoint | None:
+        """The Ignite ``Checkpoint`` of the key-metric file (``None`` without ``save_key_metric``)."""
+        return self._checkpoints()[1]
+
+    def state_dict(self) -> dict:
+        """The key-metric tracking state (the saved files and their scores), so that a resume keeps the best model.
+
+        Put the saver itself into a checkpoint's ``save_dict`` (``{"best_checkpoint": saver}``);
+        ``load_state_dict`` (MONAI's) restores it. Empty without ``save_key_metric``.
+        """
+        ckpt = self.key_metric_checkpoint
+        return dict(ckpt.state_dict()) if ckpt is not None else {}
 
     def _finite(self, what: str) -> bool:
         bad = non_finite_entries(self.save_dict)
@@ -245,33 +284,42 @@ class AtomicCheckpointSaver(CheckpointSaver):
             )
         return not bad
 
+    def _trained(self, what: str) -> bool:
+        """Whether ``engine.run`` completed an iteration in this process (else nothing new to save)."""
+        if self.iterations_run == 0:
+            self.logger.info(
+                f"Not saving the {what} checkpoint in '{self.save_dir}': no iteration ran in this run (a finished "
+                "training resumed, or a failure before the first step); the files there are kept as they are."
+            )
+        return self.iterations_run > 0
+
+    def _run_started(self, engine: Engine) -> None:
+        self.iterations_run = 0
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        self.iterations_run += 1
+
     def attach(self, engine: Engine) -> None:
-        """Register the save callbacks on ``engine`` (each at most once)."""
-        if self._name is None:
-            self.logger = engine.logger
-        todo: list[tuple[Any, Any, Callable]] = []
-        if self._final_checkpoint is not None:
-            todo += [
-                (Events.COMPLETED, Events.COMPLETED, self.completed),
-                (Events.EXCEPTION_RAISED, Events.EXCEPTION_RAISED, self.exception_raised),
-            ]
-        if self._key_metric_checkpoint is not None:
-            todo.append((Events.EPOCH_COMPLETED, Events.EPOCH_COMPLETED, self.metrics_completed))
-        if self._interval_checkpoint is not None:
-            base = Events.EPOCH_COMPLETED if self.epoch_level else Events.ITERATION_COMPLETED
-            todo.append((base(every=self.save_interval), base, self.interval_completed))
-        for event, base_event, handler in todo:
-            if not engine.has_event_handler(handler, base_event):
+        """Register the save callbacks on ``engine`` (MONAI's ``attach``, done at most once per engine)."""
+        counters = ((Events.STARTED, self._run_started), (Events.ITERATION_COMPLETED, self._iteration_completed))
+        for event, handler in counters:
+            if not engine.has_event_handler(handler, event):
                 engine.add_event_handler(event, handler)
+        if not any(
+            engine.has_event_handler(h)
+            for h in (self.completed, self.exception_raised, self.metrics_completed, self.interval_completed)
+        ):
+            super().attach(engine)
 
     def completed(self, engine: Engine) -> None:
-        """Save the final checkpoint (skipped, with an error logged, if the weights are not finite)."""
-        if self._finite("final"):
+        """Save the final checkpoint (skipped if no iteration ran in this run, or with an error logged if the
+        weights are not finite)."""
+        if self._trained("final") and self._finite("final"):
             super().completed(engine)
 
     def exception_raised(self, engine: Engine, e: Exception) -> None:
-        """Save the final checkpoint if the weights are finite, then re-raise ``e``."""
-        if self._finite("final (exception)"):
+        """Save the final checkpoint if an iteration ran in this run and the weights are finite, then re-raise ``e``."""
+        if self._trained("final (exception)") and self._finite("final (exception)"):
             super().exception_raised(engine, e)
         raise e
 
@@ -288,59 +336,102 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 class SafeCheckpointLoader(CheckpointLoader):
     """
-    MONAI ``CheckpointLoader`` whose file reading goes through :func:`load_checkpoint`.
+    MONAI ``CheckpointLoader`` that checks the file first, names it in every error, and can check the network.
 
     Same arguments and behaviour as :class:`monai.handlers.CheckpointLoader` (``strict``, ``strict_shape``, Ignite's
-    ``Checkpoint.load_objects``, the ``max_epochs`` check), but a missing file raises ``FileNotFoundError`` and an
-    empty, truncated, corrupt or code-carrying file a :class:`CheckpointError`, each naming ``load_path``; a
-    checkpoint whose keys or shapes do not match ``load_dict`` raises a :class:`CheckpointError` naming it too.
+    ``Checkpoint.load_objects``, the ``max_epochs`` check), whose ``__call__`` does the loading. Before it, the file
+    is read with :func:`load_checkpoint`: a missing file raises ``FileNotFoundError`` and an empty, truncated,
+    corrupt or code-carrying file a :class:`CheckpointError`, each naming ``load_path``; a checkpoint whose keys or
+    shapes do not match ``load_dict`` raises a :class:`CheckpointError` naming it too.
+
+    With ``check_network=True`` (evaluation, inference) it also logs the checkpoint's epoch and run identity (see
+    :class:`~mtreg_monai.handlers.RunIdentity`) and refuses, with a :class:`~mtreg_monai.handlers.RunIdentityError`
+    listing the differences, a checkpoint whose recorded network definition differs from that of the networks in
+    ``load_dict`` (for example another ``integration_steps``, ``dropout`` or channel list); a checkpoint that
+    records no run identity is loaded with a warning (its state dict must still match).
+
+    After loading, :attr:`loaded` (and ``engine.state.loaded_checkpoint``) holds which checkpoint was loaded:
+    ``{"checkpoint": path, "checkpoint_epoch": int | None, "checkpoint_iteration": int | None,
+    "checkpoint_run_identity": digest | None}``; with ``record`` (for example a report's ``info`` dict) these
+    items are also written into that mapping, so a report names the model that produced it.
+
+    Args:
+        load_path, load_dict, name, map_location, strict, strict_shape: as :class:`monai.handlers.CheckpointLoader`.
+        check_network: log the run identity and check the network definition before loading.
+        record: a mutable mapping updated with :attr:`loaded` after each load (``None``: none).
 
     Example::
 
         SafeCheckpointLoader(load_path="ckpt/model.pt", load_dict={"model": net}, map_location="cpu").attach(evaluator)
     """
 
+    def __init__(
+        self,
+        load_path: str,
+        load_dict: dict,
+        name: str | None = None,
+        map_location: Any = None,
+        strict: bool = True,
+        strict_shape: bool = True,
+        check_network: bool = False,
+        record: MutableMapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            load_path=load_path,
+            load_dict=load_dict,
+            name=name,
+            map_location=map_location,
+            strict=strict,
+            strict_shape=strict_shape,
+        )
+        if record is not None and not isinstance(record, MutableMapping):
+            raise TypeError(
+                f"record must be a mutable mapping (e.g. a report's info dict), got {type(record).__name__}."
+            )
+        self.check_network = bool(check_network)
+        self.record = record
+        self.loaded: dict[str, Any] | None = None
+
     def attach(self, engine: Engine) -> None:
         """Load at ``Events.STARTED`` of ``engine`` (registered once)."""
-        if self._name is None:
-            self.logger = engine.logger
         if not engine.has_event_handler(self, Events.STARTED):
-            engine.add_event_handler(Events.STARTED, self)
+            super().attach(engine)
 
     def __call__(self, engine: Engine) -> None:
-        """Load ``load_path`` into the objects of ``load_dict``."""
-        checkpoint = load_checkpoint(self.load_path, map_location=self.map_location)
+        """Check ``load_path``, then load it into the objects of ``load_dict`` (MONAI's ``__call__``)."""
+        from mtreg_monai.handlers.run_identity import check_network, stored_fingerprint_digest
 
-        k, _ = list(self.load_dict.items())[0]
-        if len(self.load_dict) == 1 and k not in checkpoint:  # a bare state_dict for a single object
-            checkpoint = {k: checkpoint}
-
-        if not self.strict_shape:
-            pop_items: list[str] = []
-            for k, obj in self.load_dict.items():
+        checkpoint = load_checkpoint(self.load_path, map_location="cpu")
+        epoch, iteration = engine_progress(checkpoint.get("trainer"))
+        loaded = {
+            "checkpoint": os.fspath(self.load_path),
+            "checkpoint_epoch": epoch,
+            "checkpoint_iteration": iteration,
+            "checkpoint_run_identity": stored_fingerprint_digest(checkpoint),
+        }
+        if self.check_network:
+            for obj in self.load_dict.values():
                 if isinstance(obj, torch.nn.Module):
-                    checkpoint[k] = copy_model_state(obj, checkpoint, inplace=False)[0]
-                else:
-                    warnings.warn("`strict_shape` is False, load checkpoint for model, skip others in `load_dict`.")
-                    pop_items.append(k)
-            for i in pop_items:
-                self.load_dict.pop(i)
-
-        prior_max_epochs = engine.state.max_epochs
+                    check_network(checkpoint, obj, os.fspath(self.load_path), log=self.logger)
+        for key, obj in self.load_dict.items():  # MONAI's max_epochs error does not name the file
+            saved_epoch = engine_progress(checkpoint.get(key))[0] if isinstance(obj, Engine) else None
+            max_epochs = engine.state.max_epochs
+            if saved_epoch is not None and max_epochs is not None and saved_epoch > max_epochs:
+                raise ValueError(
+                    f"Epoch count ({saved_epoch}) in checkpoint '{self.load_path}' is larger than the "
+                    f"`engine.state.max_epochs` ({max_epochs}) of engine. To further train from "
+                    "checkpoint, construct trainer with `max_epochs` larger than checkpoint's epoch count. "
+                    "To use checkpoint for inference, no need to load state_dict for the engine."
+                )
+        del checkpoint
         try:
-            Checkpoint.load_objects(to_load=self.load_dict, checkpoint=checkpoint, strict=self.strict)
+            super().__call__(engine)
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(
-                f"checkpoint file '{self.load_path}' (keys {sorted(checkpoint)}) does not match the objects to load "
-                f"{sorted(self.load_dict)}: {e}"
+                f"checkpoint file '{self.load_path}' could not be loaded into the objects {sorted(self.load_dict)}: "
+                f"{type(e).__name__}: {e}"
             ) from e
-        if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise ValueError(
-                f"Epoch count ({engine.state.epoch}) in checkpoint '{self.load_path}' is larger than "
-                f"the `engine.state.max_epochs` ({prior_max_epochs}) of engine. To further train from checkpoint, "
-                "construct trainer with `max_epochs` larger than checkpoint's epoch count. "
-                "To use checkpoint for inference, no need to load state_dict for the engine."
-            )
-        engine.state.max_epochs = prior_max_epochs
-        self.logger.info(f"Restored all variables from {self.load_path}")
-
+        self.loaded = loaded
+        engine.state.loaded_checkpoint = loaded
+        if self.record is not None:
+            self.record.update(loaded)

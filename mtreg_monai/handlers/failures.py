@@ -10,6 +10,8 @@ from typing import Any
 
 from ignite.engine import Engine, Events
 
+from mtreg_monai.data.robust import FAILED_KEY
+from mtreg_monai.transforms.utils import IMAGE_KEYS
 from mtreg_monai.utils import atomic_write
 
 __all__ = ["FAILURE_COLUMNS", "FailureReportHandler", "record_failure"]
@@ -17,7 +19,7 @@ __all__ = ["FAILURE_COLUMNS", "FailureReportHandler", "record_failure"]
 logger = logging.getLogger(__name__)
 
 #: columns of ``failures.csv``, in order.
-FAILURE_COLUMNS = ("fixed_image", "moving_image", "stage", "reason")
+FAILURE_COLUMNS = (*IMAGE_KEYS, "stage", "reason")
 
 
 def record_failure(engine: Engine, fixed: str, moving: str, stage: str, reason: str) -> dict[str, str]:
@@ -30,7 +32,7 @@ def record_failure(engine: Engine, fixed: str, moving: str, stage: str, reason: 
     Returns:
         the recorded row, ``{"fixed_image", "moving_image", "stage", "reason"}``.
     """
-    row = {"fixed_image": str(fixed), "moving_image": str(moving), "stage": str(stage), "reason": str(reason)}
+    row = dict(zip(FAILURE_COLUMNS, map(str, (fixed, moving, stage, reason))))
     failures = getattr(engine.state, "failures", None)
     if failures is None:
         failures = []
@@ -44,7 +46,7 @@ class FailureReportHandler:
     """
     Reports the pairs of a batch run that could not be registered.
 
-    After every iteration it moves the failure markers in ``engine.state.output["failed"]`` (made by
+    After every iteration it moves the failure markers in ``engine.state.output[FAILED_KEY]`` (``"failed"``, made by
     :class:`~mtreg_monai.data.FailSafeDataset` and passed on by the evaluator) to ``engine.state.failures``, logging a
     warning for each; other handlers may append to that list with :func:`record_failure`. When the run completes it
     writes ``output_dir/filename``, one row per failed pair with the columns ``fixed_image, moving_image, stage,
@@ -86,15 +88,10 @@ class FailureReportHandler:
 
     def iteration_completed(self, engine: Engine) -> None:
         output = engine.state.output
-        markers = output.get("failed", []) if isinstance(output, Mapping) else []
+        markers = output.get(FAILED_KEY, []) if isinstance(output, Mapping) else []
         for marker in markers:
-            record_failure(
-                engine,
-                marker.get("fixed_image", ""),
-                marker.get("moving_image", ""),
-                marker.get("stage", "load"),
-                marker.get("reason", ""),
-            )
+            fixed, moving = (marker.get(k, "") for k in IMAGE_KEYS)
+            record_failure(engine, fixed, moving, marker.get("stage", "load"), marker.get("reason", ""))
 
     def completed(self, engine: Engine) -> None:
         rows: list[dict[str, Any]] = list(getattr(engine.state, "failures", None) or [])

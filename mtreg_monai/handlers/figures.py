@@ -19,7 +19,7 @@ from monai.utils import optional_import
 from mtreg_monai.engines.utils import PrepareRegistrationBatch, RegistrationKeys
 from mtreg_monai.handlers.uncertainty import coefficient_of_variation, mc_predictions
 from mtreg_monai.metrics import jacobian_determinant
-from mtreg_monai.utils import atomic_write
+from mtreg_monai.utils import atomic_path, atomic_write
 
 plt, has_matplotlib = optional_import("matplotlib.pyplot")
 
@@ -29,12 +29,12 @@ logger = logging.getLogger(__name__)
 
 
 def _savefig(fig: Any, path: str) -> None:
-    """Write a figure atomically (temporary file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    """Write a figure atomically (:func:`~mtreg_monai.utils.atomic_path`) in the format of its extension, close it."""
+    try:
+        with atomic_path(path, suffix=os.path.splitext(path)[1] or ".png") as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
 
 
 def save_weight_curves(history: Mapping[str, Sequence[float]], steps: Sequence[int], path: str) -> None:

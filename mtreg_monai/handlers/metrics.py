@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -9,23 +10,15 @@ import torch
 from ignite.engine import Engine
 from ignite.metrics import Metric
 from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 
 from mtreg_monai.engines.utils import RegistrationKeys
-from mtreg_monai.metrics import DEFAULT_JACOBIAN_METRICS, DEFAULT_LABEL_NAMES, RegistrationMetric
+from mtreg_monai.metrics import DEFAULT_JACOBIAN_METRICS, DEFAULT_LABEL_NAMES, RegistrationMetric, finite_summary
 
-__all__ = ["RegistrationMetricsHandler", "registration_metric_inputs", "spacing_from_affine"]
+__all__ = ["RegistrationMetricsHandler", "registration_metric_inputs"]
 
 Keys = RegistrationKeys
-
-
-def spacing_from_affine(image: Any, default: float | Sequence[float]) -> float | Sequence[float]:
-    """Voxel size (mm) of the first item of a batched ``MetaTensor`` from its affine, else ``default``."""
-    if isinstance(image, MetaTensor) and image.affine is not None:
-        affine = image.affine
-        affine = affine[0] if affine.ndim == 3 else affine
-        spatial = image.ndim - 2
-        return [float(v) for v in torch.linalg.norm(affine[:spatial, :spatial].double(), dim=0)]
-    return default
+logger = logging.getLogger(__name__)
 
 
 def registration_metric_inputs(output: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -47,8 +40,16 @@ class RegistrationMetricsHandler(Metric):
     ``engine.state.metric_details[name]`` as a (num_pairs, num_columns) tensor with the columns in
     :attr:`keys`.
 
+    The column names, in order, are put in ``engine.state.metric_columns[name]`` (what
+    :class:`~mtreg_monai.handlers.RegistrationReportHandler` reads when it is given no ``columns``).
+
+    Each mean is :func:`~mtreg_monai.metrics.finite_summary`'s: over the pairs with a finite value, NaN and ±inf
+    left out (a label absent from both maps, an organ lost by the registration), the same rule as the report's.
+    A column with values left out as inf is named in a logged warning with their count.
+
     The voxel spacing of the ASD is read from the fixed label's affine when it is a ``MetaTensor``
-    (``PrepareRegistrationBatch(keep_meta=True)``), else ``spacing`` is used.
+    (``PrepareRegistrationBatch(keep_meta=True)``; MONAI's ``affine_to_spacing`` of the batch's first item), else
+    ``spacing`` is used.
 
     Args:
         label_names: label value -> name, e.g. ``{1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney"}``.
@@ -90,7 +91,10 @@ class RegistrationMetricsHandler(Metric):
 
     def update(self, output: Sequence[torch.Tensor]) -> None:
         warped_label, fixed_label, ddf = output
-        spacing = spacing_from_affine(fixed_label, self.spacing)
+        spacing = self.spacing
+        if isinstance(fixed_label, MetaTensor) and fixed_label.affine is not None:
+            affine = fixed_label.affine[0] if fixed_label.affine.ndim == 3 else fixed_label.affine
+            spacing = affine_to_spacing(affine, r=fixed_label.ndim - 2, suppress_zeros=False).tolist()
         self.metric(
             torch.as_tensor(warped_label), torch.as_tensor(fixed_label), ddf=torch.as_tensor(ddf), spacing=spacing
         )
@@ -102,10 +106,20 @@ class RegistrationMetricsHandler(Metric):
 
     def completed(self, engine: Engine, name: str) -> None:
         rows = self.compute()
-        for k, v in rows.items():
-            finite = v[~torch.isnan(v)]
-            engine.state.metrics[k] = float(finite.mean()) if finite.numel() else float("nan")
+        summaries = {k: finite_summary(v) for k, v in rows.items()}
+        engine.state.metrics.update({k: s.mean for k, s in summaries.items()})
         engine.state.metrics[name] = engine.state.metrics[self.key]
+        lost = {k: s.inf for k, s in summaries.items() if s.inf}
+        if lost:
+            logger.warning(
+                "%s: infinite values (an organ in only one of the warped and fixed label maps) left out of the "
+                "means, per column: %s.",
+                name,
+                lost,
+            )
+        if getattr(engine.state, "metric_columns", None) is None:
+            engine.state.metric_columns = {}
+        engine.state.metric_columns[name] = self.keys
         if not hasattr(engine.state, "metric_details") or engine.state.metric_details is None:
             engine.state.metric_details = {}
         engine.state.metric_details[name] = torch.stack([rows[k] for k in self.keys], dim=1) if rows else None

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.metrics import Metric
 from monai.data import MetaTensor
 
 from mtreg_monai.engines.utils import RegistrationKeys
+from mtreg_monai.metrics import finite_summary
 from mtreg_monai.utils import write_text_atomic
 
 __all__ = ["RegistrationReportHandler", "format_mean_std", "summarise_columns"]
@@ -53,7 +53,8 @@ def format_mean_std(mean: float, std: float, decimals: int) -> str:
 
 def summarise_columns(table: np.ndarray, names: Sequence[str]) -> list[dict[str, Any]]:
     """
-    Mean and sample standard deviation (n - 1) of every column over its finite values.
+    Mean and sample standard deviation (n - 1) of every column over its finite values
+    (:func:`~mtreg_monai.metrics.finite_summary`: NaN and ±inf left out and counted).
 
     Args:
         table: (num_pairs, num_columns) values in the metric's own units (Dice in [0, 1], ASD in mm, ...).
@@ -72,10 +73,8 @@ def summarise_columns(table: np.ndarray, names: Sequence[str]) -> list[dict[str,
     out = []
     for c, name in enumerate(names):
         label, scale, decimals = _column_format(name)
-        col = table[:, c]
-        finite = col[np.isfinite(col)] * scale
-        mean = float(finite.mean()) if finite.size else float("nan")
-        std = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+        stats = finite_summary(table[:, c])
+        mean, std = stats.mean * scale, stats.std * scale
         out.append(
             {
                 "name": name,
@@ -83,23 +82,12 @@ def summarise_columns(table: np.ndarray, names: Sequence[str]) -> list[dict[str,
                 "mean": mean,
                 "std": std,
                 "text": format_mean_std(mean, std, decimals),
-                "n": int(finite.size),
-                "nan": int(np.isnan(col).sum()),
-                "inf": int(np.isinf(col).sum()),
+                "n": stats.n,
+                "nan": stats.nan,
+                "inf": stats.inf,
             }
         )
     return out
-
-
-
-def _attached_metric(engine: Engine, name: str) -> Metric | None:
-    """The Ignite metric attached to ``engine`` under ``name`` (found by its ``completed(engine, name)`` handler)."""
-    for handlers in getattr(engine, "_event_handlers", {}).values():
-        for fn, args, _ in handlers:
-            owner = getattr(fn, "__self__", None)
-            if isinstance(owner, Metric) and args and args[-1] == name:
-                return owner
-    return None
 
 
 def _file_names(value: Any, meta: Any, batch_size: int) -> list[str] | None:
@@ -128,7 +116,8 @@ class RegistrationReportHandler:
     ``pair_<n>`` when there is none) and the registration time (``engine.state.output[seconds_key]`` divided by the
     batch size). When the run completes it writes into ``output_dir``:
 
-    - ``metrics.csv``: ``fixed``, ``moving``, the metric's columns in their own units (Dice in [0, 1], ASD in mm,
+    - ``metrics.csv``: ``fixed``, ``moving``, the ``info_columns`` items (the same value on every row, e.g. the
+      checkpoint that produced the rows), the metric's columns in their own units (Dice in [0, 1], ASD in mm,
       folding in %, std of the Jacobian determinant), ``seconds``; one row per pair, in the loader's order;
     - ``summary.md``: the ``info`` items and the number of pairs, then mean ± std of every column as one Table-1
       row (Dice in %, ASD in mm, % of |J| <= 0, std |J|, seconds) and as a per-column table that counts, for each
@@ -142,8 +131,13 @@ class RegistrationReportHandler:
         output_dir: folder of the two files (created when missing).
         metric_name: name of the evaluator's metric that fills ``engine.state.metric_details``.
         columns: column names of the metric's table, or the metric itself (anything with a ``keys`` attribute).
-            ``None``: the ``keys`` of the Ignite metric attached to the engine under ``metric_name``.
-        info: extra ``{item: value}`` lines of the summary (e.g. checkpoint path, datalist section).
+            ``None``: ``engine.state.metric_columns[metric_name]``, where
+            :class:`~mtreg_monai.handlers.RegistrationMetricsHandler` puts its column names.
+        info: extra ``{item: value}`` lines of the summary (e.g. checkpoint path, datalist section). Kept (copied) as
+            the attribute :attr:`info`, read when the run completes, so a handler that runs earlier can fill it in
+            (a checkpoint loader given ``record=report.info``).
+        info_columns: items of ``info`` also written as columns of every row of ``metrics.csv`` (an item missing
+            from ``info`` at the end of the run gives an empty cell).
         csv_name: file name of the per-pair table.
         summary_name: file name of the summary.
         title: first heading of the summary.
@@ -165,6 +159,7 @@ class RegistrationReportHandler:
         metric_name: str = "val_mean_dice",
         columns: Sequence[str] | Any | None = None,
         info: Mapping[str, Any] | None = None,
+        info_columns: Sequence[str] = (),
         csv_name: str = "metrics.csv",
         summary_name: str = "summary.md",
         title: str = "Registration evaluation",
@@ -179,6 +174,8 @@ class RegistrationReportHandler:
             raise ValueError(f"image_keys must be (fixed_key, moving_key), got {image_keys!r}.")
         if info is not None and not isinstance(info, Mapping):
             raise TypeError(f"info must be a mapping of summary items, got {type(info).__name__}.")
+        if isinstance(info_columns, str) or not all(isinstance(c, str) and c for c in info_columns):
+            raise TypeError(f"info_columns must be a sequence of non-empty item names, got {info_columns!r}.")
         for arg, name in (("csv_name", csv_name), ("summary_name", summary_name)):
             if not isinstance(name, str) or not name or os.path.basename(name) != name:
                 raise ValueError(f"{arg} must be a plain file name, got {name!r}.")
@@ -186,6 +183,7 @@ class RegistrationReportHandler:
         self.metric_name = metric_name
         self.columns = columns
         self.info = dict(info or {})
+        self.info_columns = tuple(info_columns)
         self.csv_name = csv_name
         self.summary_name = summary_name
         self.title = title
@@ -240,8 +238,10 @@ class RegistrationReportHandler:
             self.seconds += [float("nan")] * batch_size
 
     def _column_names(self, engine: Engine, num_columns: int) -> list[str]:
-        """The names of the metric table's columns: ``columns``, else the attached metric's ``keys``."""
-        columns = self.columns if self.columns is not None else _attached_metric(engine, self.metric_name)
+        """The names of the metric table's columns: ``columns``, else ``engine.state.metric_columns[metric_name]``."""
+        columns = self.columns
+        if columns is None:
+            columns = (getattr(engine.state, "metric_columns", None) or {}).get(self.metric_name)
         if columns is not None and not isinstance(columns, (list, tuple)) and hasattr(columns, "keys"):
             columns = columns.keys() if callable(columns.keys) else columns.keys
         if columns is None:
@@ -290,18 +290,21 @@ class RegistrationReportHandler:
         if self.has_seconds:
             table = np.concatenate([table, np.asarray(seconds, dtype=np.float64).reshape(-1, 1)], axis=1)
             names = names + ["seconds"]
-        write_text_atomic(self.csv_path, self._csv_text(pairs, table, names))
+        constants = {c: self.info.get(c, "") for c in self.info_columns}
+        write_text_atomic(self.csv_path, self._csv_text(pairs, table, names, constants))
         summary = self.summary_text(table, names)
         write_text_atomic(self.summary_path, summary)
         logger.info("Evaluation summary (%s, %s):\n%s", self.summary_path, self.csv_path, summary)
 
     @staticmethod
-    def _csv_text(pairs: Sequence[tuple[str, str]], table: np.ndarray, names: Sequence[str]) -> str:
+    def _csv_text(
+        pairs: Sequence[tuple[str, str]], table: np.ndarray, names: Sequence[str], constants: Mapping[str, Any]
+    ) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["fixed", "moving", *names])
+        writer.writerow(["fixed", "moving", *constants, *names])
         for (fixed, moving), row in zip(pairs, table):
-            writer.writerow([fixed, moving, *(f"{v:.8g}" for v in row)])
+            writer.writerow([fixed, moving, *constants.values(), *(f"{v:.8g}" for v in row)])
         return buf.getvalue()
 
     def summary_text(self, table: np.ndarray, names: Sequence[str]) -> str:

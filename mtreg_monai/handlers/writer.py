@@ -14,9 +14,10 @@ from ignite.engine import Engine, Events
 from monai.data import MetaTensor, decollate_batch
 from monai.transforms import Invertd
 
-from mtreg_monai.data.robust import exception_reason
+from mtreg_monai.data.robust import FAILED_KEY, exception_reason
 from mtreg_monai.engines.utils import RegistrationKeys
 from mtreg_monai.handlers.failures import record_failure
+from mtreg_monai.utils import atomic_path
 
 __all__ = ["RegistrationWriter", "ddf_to_world", "RAS_TO_LPS"]
 
@@ -61,9 +62,9 @@ def _array_to_sitk(array: np.ndarray, reference: sitk.Image, vector: bool = Fals
 
 
 def _write(image: sitk.Image, path: str) -> None:
-    tmp = f"{path[: -len('.nii.gz')]}.tmp.nii.gz"
-    sitk.WriteImage(image, tmp, useCompression=True)
-    os.replace(tmp, path)
+    """Write a compressed NIfTI file atomically (:func:`~mtreg_monai.utils.atomic_path`)."""
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        sitk.WriteImage(image, tmp, useCompression=True)
 
 
 class RegistrationWriter:
@@ -109,7 +110,9 @@ class RegistrationWriter:
     def _invert(self, item: dict, outputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         keys = list(outputs)
         data = {self.fixed_key: item[self.fixed_key], **outputs}
-        inverted = Invertd(keys=keys, transform=self.preprocessing, orig_keys=self.fixed_key, nearest_interp=False)(data)
+        inverted = Invertd(keys=keys, transform=self.preprocessing, orig_keys=self.fixed_key, nearest_interp=False)(
+            data
+        )
         return {k: np.asarray(torch.as_tensor(inverted[k]).detach().cpu().float().numpy()) for k in keys}
 
     def pair_name(self, item: dict, index: int) -> str:
@@ -131,7 +134,7 @@ class RegistrationWriter:
         out = engine.state.output
         if not isinstance(out, dict) or Keys.DDF not in out:  # a batch of pairs that failed to load: nothing to write
             return
-        batch = {k: v for k, v in engine.state.batch.items() if k != "failed"}
+        batch = {k: v for k, v in engine.state.batch.items() if k != FAILED_KEY}
         items = decollate_batch(batch, detach=True)
         for b, item in enumerate(items):
             fixed = item[self.fixed_key]
@@ -154,7 +157,9 @@ class RegistrationWriter:
         outputs = {"ddf_world": MetaTensor(ddf_to_world(ddf, fixed.affine))}
         for key, out_name in ((Keys.UNCERTAINTY_PHI, "uncertainty_phi"), (Keys.UNCERTAINTY_IMAGE, "uncertainty_image")):
             if key in out:
-                outputs[out_name] = MetaTensor(torch.as_tensor(out[key][b]).detach().cpu().float().mean(0, keepdim=True))
+                outputs[out_name] = MetaTensor(
+                    torch.as_tensor(out[key][b]).detach().cpu().float().mean(0, keepdim=True)
+                )
         arrays = self._invert(item, outputs)
         self.write_pair(item, arrays, name)
 
@@ -162,7 +167,9 @@ class RegistrationWriter:
         fixed_path = _item_path(item, self.fixed_key)
         moving_path = _item_path(item, self.moving_key)
         if fixed_path is None or moving_path is None:
-            raise ValueError("RegistrationWriter needs the file names of the fixed and moving images in their metadata.")
+            raise ValueError(
+                "RegistrationWriter needs the file names of the fixed and moving images in their metadata."
+            )
         # two pairs with the same file names (e.g. case1/mr.nii.gz and case2/mr.nii.gz) must not share a folder:
         # a name already written in this run gets the index of the pair appended
         taken = {os.path.basename(p) for p in self.written}
@@ -184,7 +191,9 @@ class RegistrationWriter:
         self.written.append(final_dir)
         logger.info("registered %s -> %s: results in %s", moving_path, fixed_path, final_dir)
 
-    def _write_files(self, item: dict, arrays: dict[str, np.ndarray], pair_dir: str, fixed_path: str, moving_path: str) -> None:
+    def _write_files(
+        self, item: dict, arrays: dict[str, np.ndarray], pair_dir: str, fixed_path: str, moving_path: str
+    ) -> None:
         fixed_img = sitk.ReadImage(fixed_path)
         # the inverted arrays are in the fixed file's own voxel order, as nibabel (and MONAI's reader) index it
         u_ras = arrays["ddf_world"]
@@ -203,4 +212,7 @@ class RegistrationWriter:
             _write(warped_label, os.path.join(pair_dir, "warped_moving_label.nii.gz"))
         for key in ("uncertainty_phi", "uncertainty_image"):
             if key in arrays:
-                _write(_array_to_sitk(arrays[key][0].astype(np.float32), fixed_img), os.path.join(pair_dir, f"{key}.nii.gz"))
+                _write(
+                    _array_to_sitk(arrays[key][0].astype(np.float32), fixed_img),
+                    os.path.join(pair_dir, f"{key}.nii.gz"),
+                )

@@ -14,9 +14,11 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from monai.utils import LossReduction, look_up_option
+from monai.utils import LossReduction
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.loss import _Loss
+
+from mtreg_monai.losses.utils import check_reduction, reduce_loss
 
 __all__ = ["MIND_SSC_CHANNELS", "mind_ssc", "MINDSSCLoss"]
 
@@ -299,26 +301,6 @@ def mind_ssc(image: torch.Tensor, radius: int = 2, dilation: int = 2) -> torch.T
             return _mind_forward(x, radius, dilation, need_backward=False)[0]
 
 
-def _check_reduction(reduction: LossReduction | str) -> str:
-    """``reduction`` as a :class:`~monai.utils.LossReduction` value, or a ValueError naming the argument."""
-    try:
-        return look_up_option(reduction, LossReduction).value
-    except ValueError as err:
-        raise ValueError(
-            f"Expecting reduction in {[r.value for r in LossReduction]}, instead got reduction={reduction!r}."
-        ) from err
-
-
-def _reduce(values: torch.Tensor, reduction: LossReduction | str) -> torch.Tensor:
-    """The one reduction helper of this subpackage: ``"mean"``, ``"sum"`` or ``"none"`` (identity)."""
-    reducer = {
-        LossReduction.MEAN.value: torch.mean,
-        LossReduction.SUM.value: torch.sum,
-        LossReduction.NONE.value: lambda v: v,
-    }[_check_reduction(reduction)]
-    return reducer(values)
-
-
 class MINDSSCLoss(_Loss):
     """MIND-SSC image dissimilarity: mean squared difference of the two images' MIND-SSC descriptors.
 
@@ -349,7 +331,7 @@ class MINDSSCLoss(_Loss):
     """
 
     def __init__(self, radius: int = 2, dilation: int = 2, reduction: LossReduction | str = LossReduction.MEAN) -> None:
-        super().__init__(reduction=_check_reduction(reduction))
+        super().__init__(reduction=check_reduction(reduction))
         self.radius = _check_int("radius", radius, 0)
         self.dilation = _check_int("dilation", dilation, 1)
 
@@ -406,4 +388,4 @@ class MINDSSCLoss(_Loss):
                 f"Expecting pred_descriptor and target_descriptor of the same shape, instead got "
                 f"{tuple(pred_descriptor.shape)} and {tuple(target_descriptor.shape)}."
             )
-        return _reduce((pred_descriptor - target_descriptor).square(), self.reduction)
+        return reduce_loss((pred_descriptor - target_descriptor).square(), self.reduction)

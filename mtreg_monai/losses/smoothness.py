@@ -8,7 +8,7 @@ import torch
 from monai.losses import DiffusionLoss
 from monai.utils import LossReduction
 
-from .mind import _check_reduction
+from mtreg_monai.losses.utils import check_reduction
 
 __all__ = ["SmoothnessLoss"]
 
@@ -43,7 +43,7 @@ class SmoothnessLoss(DiffusionLoss):
     """
 
     def __init__(self, normalize: bool = False, reduction: LossReduction | str = LossReduction.MEAN) -> None:
-        super().__init__(normalize=normalize, reduction=_check_reduction(reduction))
+        super().__init__(normalize=normalize, reduction=check_reduction(reduction))
 
     def forward(self, pred: torch.Tensor) -> torch.Tensor:
         """

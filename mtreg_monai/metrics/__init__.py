@@ -14,11 +14,20 @@ from mtreg_monai.metrics.jacobian import (
     compute_log_jacobian_std,
     jacobian_determinant,
 )
-from mtreg_monai.metrics.overlap import DEFAULT_LABEL_NAMES, compute_label_asd, compute_label_dice
+from mtreg_monai.metrics.overlap import (
+    DEFAULT_LABEL_NAMES,
+    check_label_maps,
+    check_label_names,
+    compute_label_asd,
+    compute_label_dice,
+    compute_label_overlap,
+)
 from mtreg_monai.metrics.registration import (
     DEFAULT_JACOBIAN_METRICS,
+    FiniteSummary,
     RegistrationMetric,
     compute_registration_metrics,
+    finite_summary,
     registration_metric_keys,
 )
 
@@ -32,9 +41,14 @@ __all__ = [
     "jacobian_determinant",
     "DEFAULT_JACOBIAN_METRICS",
     "DEFAULT_LABEL_NAMES",
+    "FiniteSummary",
     "RegistrationMetric",
+    "check_label_maps",
+    "check_label_names",
     "compute_label_asd",
     "compute_label_dice",
+    "compute_label_overlap",
     "compute_registration_metrics",
+    "finite_summary",
     "registration_metric_keys",
 ]

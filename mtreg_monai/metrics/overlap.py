@@ -19,7 +19,14 @@ from typing import Any
 import torch
 from monai.metrics import compute_average_surface_distance, compute_dice
 
-__all__ = ["DEFAULT_LABEL_NAMES", "compute_label_dice", "compute_label_asd"]
+__all__ = [
+    "DEFAULT_LABEL_NAMES",
+    "check_label_maps",
+    "check_label_names",
+    "compute_label_asd",
+    "compute_label_dice",
+    "compute_label_overlap",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +37,20 @@ DEFAULT_LABEL_NAMES: Mapping[int, str] = MappingProxyType(
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
-def _check_label_names(label_names: Any) -> dict[int, str]:
+def check_label_names(label_names: Any) -> dict[int, str]:
+    """Check a ``label_names`` mapping (label value -> name) and return it as a plain ``dict``.
+
+    Args:
+        label_names: a non-empty mapping of int label values to names of letters, digits and ``_`` other than
+            ``"mean"`` (the names become column names such as ``dice_<name>``), all different.
+
+    Returns:
+        ``{value: name}``, in the order of ``label_names``.
+
+    Raises:
+        TypeError: when ``label_names`` is not a non-empty mapping, or a key is not an int.
+        ValueError: when a name is not of that form, or two names are equal.
+    """
     if not isinstance(label_names, Mapping) or len(label_names) == 0:
         raise TypeError(f"label_names must be a non-empty mapping label value -> name, got {label_names!r}.")
     out: dict[int, str] = {}
@@ -84,7 +104,17 @@ def _check_label_map(x: Any, name: str) -> None:
             )
 
 
-def _check_labels(warped_label: Any, fixed_label: Any) -> None:
+def check_label_maps(warped_label: Any, fixed_label: Any) -> None:
+    """Check a pair of label maps: tensors of the same shape ``(B, 1, H, W, D)`` or ``(B, 1, H, W)``, whole numbers.
+
+    Args:
+        warped_label: the moving label map warped to the fixed grid.
+        fixed_label: the fixed label map.
+
+    Raises:
+        TypeError: when a map is not a real tensor.
+        ValueError: when a map is not of such a shape, the shapes differ, or a value is not a whole number.
+    """
     _check_label_map(warped_label, "warped_label")
     _check_label_map(fixed_label, "fixed_label")
     if warped_label.shape != fixed_label.shape:
@@ -103,8 +133,8 @@ def _overlap(
     want_asd: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Checked inputs -> (dice (B, L), asd (B, L)); one logged warning per label and kind of emptiness."""
-    _check_labels(warped_label, fixed_label)
-    names = _check_label_names(label_names)
+    check_label_maps(warped_label, fixed_label)
+    names = check_label_names(label_names)
     spatial_dims = warped_label.ndim - 2
     spacing_t = _check_spacing(spacing, spatial_dims)
     fixed_label = fixed_label.to(warped_label.device)
@@ -203,3 +233,29 @@ def compute_label_asd(
             or a non-positive value.
     """
     return _overlap(warped_label, fixed_label, label_names, spacing, want_dice=False, want_asd=True)[1]  # type: ignore
+
+
+def compute_label_overlap(
+    warped_label: torch.Tensor,
+    fixed_label: torch.Tensor,
+    label_names: Mapping[int, str] = DEFAULT_LABEL_NAMES,
+    spacing: float | Sequence[float] = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dice and ASD (mm) per label in one pass: :func:`compute_label_dice` and :func:`compute_label_asd` together.
+
+    The masks are built and checked once, and each empty label is warned about once for both figures.
+
+    Args:
+        warped_label: warped moving label map ``(B, 1, H, W, D)`` (or ``(B, 1, H, W)``), integer values.
+        fixed_label: fixed label map of the same shape.
+        label_names: label value -> name; one output column per entry, in this order.
+        spacing: voxel size in mm, one number or one per spatial axis (used by the ASD).
+
+    Returns:
+        ``(dice, asd)``, each ``(B, L)`` float32, with the NaN / 0 / ``inf`` conventions of the two functions.
+
+    Raises:
+        TypeError, ValueError: as :func:`compute_label_dice` and :func:`compute_label_asd`.
+    """
+    dice, asd = _overlap(warped_label, fixed_label, label_names, spacing, want_dice=True, want_asd=True)
+    return dice, asd  # type: ignore[return-value]

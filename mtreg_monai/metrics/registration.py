@@ -8,21 +8,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
 from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, look_up_option
 
 from mtreg_monai.metrics.jacobian import JACOBIAN_METRICS, compute_jacobian_metric, jacobian_determinant
-from mtreg_monai.metrics.overlap import DEFAULT_LABEL_NAMES, _check_label_names, _check_labels, _overlap
+from mtreg_monai.metrics.overlap import (
+    DEFAULT_LABEL_NAMES,
+    check_label_maps,
+    check_label_names,
+    compute_label_overlap,
+)
 
 __all__ = [
     "DEFAULT_JACOBIAN_METRICS",
-    "registration_metric_keys",
-    "compute_registration_metrics",
+    "FiniteSummary",
     "RegistrationMetric",
+    "compute_registration_metrics",
+    "finite_summary",
+    "registration_metric_keys",
 ]
 
 #: the Jacobian columns of the paper's Table 1.
@@ -46,7 +54,7 @@ def registration_metric_keys(
     Raises:
         ValueError: for an unknown Jacobian metric or a bad label name.
     """
-    names = list(_check_label_names(label_names).values())
+    names = list(check_label_names(label_names).values())
     jac = [look_up_option(m, JACOBIAN_METRICS) for m in jacobian_metrics]
     if len(set(jac)) != len(jac):
         raise ValueError(f"jacobian_metrics must not repeat a name, got {list(jacobian_metrics)}.")
@@ -95,7 +103,7 @@ def compute_registration_metrics(
         (tensor([1.]), tensor([0.]), tensor([0.]))
     """
     keys = registration_metric_keys(label_names, jacobian_metrics)
-    _check_labels(warped_label, fixed_label)
+    check_label_maps(warped_label, fixed_label)
     if not isinstance(ddf, torch.Tensor):
         raise TypeError(f"ddf must be a torch.Tensor, got {type(ddf).__name__}.")
     same_grid = ddf.ndim == warped_label.ndim and ddf.shape[2:] == warped_label.shape[2:]
@@ -104,11 +112,8 @@ def compute_registration_metrics(
             f"ddf must have shape ({warped_label.shape[0]}, {warped_label.ndim - 2}, "
             f"*{tuple(warped_label.shape[2:])}) to match the label maps, got {tuple(ddf.shape)}."
         )
-    dice, asd = cast(
-        "tuple[torch.Tensor, torch.Tensor]",
-        _overlap(warped_label, fixed_label, label_names, spacing, want_dice=True, want_asd=True),
-    )
-    names = list(_check_label_names(label_names).values())
+    dice, asd = compute_label_overlap(warped_label, fixed_label, label_names, spacing)
+    names = list(check_label_names(label_names).values())
     out: dict[str, torch.Tensor] = {}
     for c, n in enumerate(names):
         out[f"dice_{n}"] = dice[:, c]
@@ -137,6 +142,46 @@ def _split_per_item(value: Any, n: int, name: str) -> list[Any]:
     if len(items) != n:
         raise ValueError(f"{name} must hold one item per prediction ({n}), got {len(items)}.")
     return items
+
+
+class FiniteSummary(NamedTuple):
+    """What :func:`finite_summary` returns for one column of per-pair values."""
+
+    mean: float  #: mean of the finite values (NaN when there is none)
+    std: float  #: their sample standard deviation, n - 1 (NaN for fewer than two)
+    n: int  #: number of finite values used
+    nan: int  #: NaN values left out
+    inf: int  #: +inf and -inf values left out
+
+
+def finite_summary(values: Any) -> FiniteSummary:
+    """Mean and sample std of one column of per-pair values over its finite values; NaN and ±inf counted apart.
+
+    The one rule by which the evaluation handlers average a column over the pairs (the means that
+    :class:`~mtreg_monai.handlers.RegistrationMetricsHandler` logs in ``engine.state.metrics`` and the summary of
+    :class:`~mtreg_monai.handlers.RegistrationReportHandler`), so the two always agree. A NaN is a label absent
+    from both label maps (no value); an ``inf`` is an ASD of a label present in only one map (the organ was lost,
+    its Dice 0 is averaged): both are left out of the mean, so one lost organ does not make the run's mean ASD
+    infinite, and are counted, so they are not hidden either.
+
+    Args:
+        values: the column, any shape (a tensor, an array or a sequence of numbers); it is flattened.
+
+    Returns:
+        :class:`FiniteSummary` ``(mean, std, n, nan, inf)``.
+
+    Example::
+
+        >>> finite_summary([1.0, 3.0, float("nan"), float("inf")])
+        FiniteSummary(mean=2.0, std=1.4142135623730951, n=2, nan=1, inf=1)
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    col = np.asarray(values, dtype=np.float64).reshape(-1)
+    finite = col[np.isfinite(col)]
+    mean = float(finite.mean()) if finite.size else float("nan")
+    std = float(finite.std(ddof=1)) if finite.size > 1 else float("nan")
+    return FiniteSummary(mean, std, int(finite.size), int(np.isnan(col).sum()), int(np.isinf(col).sum()))
 
 
 _AGGREGATE_REDUCTIONS = {
@@ -184,7 +229,7 @@ class RegistrationMetric(CumulativeIterationMetric):
         get_not_nans: bool = False,
     ) -> None:
         super().__init__()
-        self.label_names = dict(_check_label_names(label_names))
+        self.label_names = dict(check_label_names(label_names))
         self.jacobian_metrics = tuple(jacobian_metrics)
         self.keys = registration_metric_keys(self.label_names, self.jacobian_metrics)
         self.spacing = spacing

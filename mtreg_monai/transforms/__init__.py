@@ -8,10 +8,14 @@ from __future__ import annotations
 from .compose import registration_pair_transforms
 from .intensity import (
     DEFAULT_CT_WINDOW,
+    DEFAULT_MAX_CLIPPED_HIGH,
+    DEFAULT_MIN_CLIPPED_LOW,
+    DEFAULT_MIN_SPREAD,
     DEFAULT_PERCENTILES,
     Modality,
     ScaleIntensityByModality,
     ScaleIntensityByModalityd,
+    check_intensity_fit,
 )
 from .io import CheckedLoadImaged, nifti_voxel_count
 from .spatial import MatchPairGeometryd, OnMismatch, same_geometry, spatial_shape_of
@@ -22,6 +26,10 @@ __all__ = [
     "registration_pair_transforms",
     "DEFAULT_CT_WINDOW",
     "DEFAULT_PERCENTILES",
+    "DEFAULT_MIN_SPREAD",
+    "DEFAULT_MAX_CLIPPED_HIGH",
+    "DEFAULT_MIN_CLIPPED_LOW",
+    "check_intensity_fit",
     "Modality",
     "ScaleIntensityByModality",
     "ScaleIntensityByModalityd",

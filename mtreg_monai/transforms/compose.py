@@ -17,7 +17,15 @@ from monai.transforms import (
     Spacingd,
 )
 
-from mtreg_monai.transforms.intensity import DEFAULT_CT_WINDOW, DEFAULT_PERCENTILES, Modality, ScaleIntensityByModalityd
+from mtreg_monai.transforms.intensity import (
+    DEFAULT_CT_WINDOW,
+    DEFAULT_MAX_CLIPPED_HIGH,
+    DEFAULT_MIN_CLIPPED_LOW,
+    DEFAULT_MIN_SPREAD,
+    DEFAULT_PERCENTILES,
+    Modality,
+    ScaleIntensityByModalityd,
+)
 from mtreg_monai.transforms.io import CheckedLoadImaged
 from mtreg_monai.transforms.spatial import MatchPairGeometryd, OnMismatch
 from mtreg_monai.transforms.utility import CheckImaged
@@ -47,6 +55,9 @@ def registration_pair_transforms(
     atol: float = 1e-3,
     ct_window: Sequence[float] = DEFAULT_CT_WINDOW,
     percentiles: Sequence[float] = DEFAULT_PERCENTILES,
+    min_spread: float = DEFAULT_MIN_SPREAD,
+    max_clipped_high: float = DEFAULT_MAX_CLIPPED_HIGH,
+    min_clipped_low: float = DEFAULT_MIN_CLIPPED_LOW,
     label_dtype: torch.dtype = torch.int64,
     max_voxels: int | None = 512**3,
     reader: type[ImageReader] | str | None = None,
@@ -68,7 +79,9 @@ def registration_pair_transforms(
        resampled onto the fixed image's grid through the affines when their shape or affine differs
        (``on_mismatch="raise"`` refuses instead); entries already on the grid pass unchanged.
     5. ``ScaleIntensityByModalityd``: each image to [0, 1] by its modality (CT window in HU,
-       MR/unknown percentiles), non-finite voxels refused.
+       MR/unknown percentiles), non-finite voxels refused; an image that does not fit its declared modality
+       (nearly constant once scaled, or a CT mostly above its window) refused with the file, the key, the
+       modality, the intensities seen and the fix (``--fixed_modality``/``--moving_modality``, ``ct_window``).
     6. ``ResizeWithPadOrCropd(spatial_size)`` when given, then ``DivisiblePadd(k)`` (symmetric, zeros),
        so every spatial size is a multiple of ``k``.
     7. ``EnsureTyped``: images float32, labels ``label_dtype``; ``MetaTensor`` kept.
@@ -97,6 +110,9 @@ def registration_pair_transforms(
         atol: affine tolerance of the geometry check (mm, mm per voxel).
         ct_window: (low, high) HU window for CT. Default (-200, 300).
         percentiles: (low, high) percentiles in % for MR/unknown. Default (0.5, 99.5).
+        min_spread: smallest accepted 1st-99th percentile spread of a scaled image (in [0, 1] units). Default 0.05.
+        max_clipped_high: largest accepted fraction of a CT's voxels at or above the window's top. Default 0.25.
+        min_clipped_low: warn when fewer of a CT's voxels are at or below the window's bottom. Default 0.01.
         label_dtype: dtype of the output labels. Default ``torch.int64`` (labels are integer class indices).
         max_voxels: largest voxel count accepted from a NIfTI header (``None``: no limit).
         reader: image reader passed to ``LoadImaged`` (``None``: MONAI chooses by suffix).
@@ -109,7 +125,7 @@ def registration_pair_transforms(
 
     Raises:
         ValueError: ``k`` or ``spatial_size`` are not positive ints, a ``spatial_size`` entry is not a multiple of
-            ``k``, or a modality/option string is unknown.
+            ``k``, a modality/option string is unknown, or an intensity threshold is outside [0, 1].
 
     Example::
 
@@ -160,7 +176,14 @@ def registration_pair_transforms(
         xforms.append(Spacingd(every, pixdim=[float(p) for p in pixdim], mode=modes, allow_missing_keys=True))
     xforms.append(
         ScaleIntensityByModalityd(
-            images, modality=(fixed_modality, moving_modality), ct_window=ct_window, percentiles=percentiles
+            images,
+            modality=(fixed_modality, moving_modality),
+            ct_window=ct_window,
+            percentiles=percentiles,
+            min_spread=min_spread,
+            max_clipped_high=max_clipped_high,
+            min_clipped_low=min_clipped_low,
+            modality_options=("fixed_modality", "moving_modality"),
         )
     )
     if spatial_size is not None:

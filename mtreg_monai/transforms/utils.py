@@ -1,7 +1,8 @@
 """Shared names and small helpers for the pair-level transforms.
 
 The keys of a registration pair (``fixed_image``, ``moving_image``, ``fixed_label``, ``moving_label``) are
-defined once here and used by the datalist reader, the transforms and the engines.
+defined once here (:class:`PairKeys`) and used by the datalist reader, the transforms, the fail-safe dataset, the
+engines (whose :class:`~mtreg_monai.engines.RegistrationKeys` takes them over as its first members) and handlers.
 """
 
 from __future__ import annotations

@@ -24,9 +24,9 @@ CASES = {
     "vol4d": ("moving_image", "ValueError", "has 2 channels"),
     "nan": ("moving_image", "ValueError", "non-finite voxel"),
     "fraclabel": ("moving_label", "ValueError", "non-integer values"),
-    "constant": ("moving_image", None, None),  # CT window maps it to one value: registered, finite field
-    "zeros": ("moving_image", None, None),
-    "huge": ("moving_image", None, None),  # int32 extremes: clipped by the CT window, registered
+    "constant": ("moving_image", "ValueError", "is (nearly) constant"),  # never worth registering
+    "zeros": ("moving_image", "ValueError", "is (nearly) constant"),
+    "huge": ("moving_image", "ValueError", "at or above the CT window's upper bound"),  # int32 extremes: a mask
     "regrid": ("moving_image", None, None),  # other shape, spacing and origin: resampled onto the fixed grid
     "shortlabel": ("moving_label", None, None),  # label of another shape: resampled through its affine (transforms)
 }
@@ -91,11 +91,11 @@ def batch_run(trained_bundle, tmp_path_factory):
     (tmp / "datalist.json").write_text(json.dumps({"training": [], "validation": [], "test": test}))
     out = tmp / "out"
     wf = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "inference.json")],
+        config_file=str(CONFIGS / "inference.json"),
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=False,
         run_id="inference",
-        workflow_type=None,
+        workflow_type="infer",
         bundle_root=str(trained_bundle),
         datalist=str(tmp / "datalist.json"),
         infer_dir=str(out),
@@ -123,7 +123,11 @@ def test_bad_pair_is_reported(batch_run, case):
 @pytest.mark.parametrize("case", [c for c, v in CASES.items() if v[1] is None])
 def test_degenerate_pair_is_registered(batch_run, case):
     item = batch_run["items"][case]
-    assert not [r for r in batch_run["rows"] if r["moving_image"] == item["moving_image"] and item[CASES[case][0]] in r["reason"]]
+    assert not [
+        r
+        for r in batch_run["rows"]
+        if r["moving_image"] == item["moving_image"] and item[CASES[case][0]] in r["reason"]
+    ]
     pair_dir = batch_run["out"] / f"{_stem(item['moving_image'])}_to_{_stem(item['fixed_image'])}"
     assert {"ddf.nii.gz", "warped_moving.nii.gz", "warped_moving_label.nii.gz"} <= {p.name for p in pair_dir.iterdir()}
     fixed = sitk.ReadImage(item["fixed_image"])
@@ -143,5 +147,5 @@ def test_run_goes_on(batch_run):
     assert not [p for p in out.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")]
     for pair in batch_run["good"]:
         assert (out / f"{_stem(pair['moving_image'])}_to_{_stem(pair['fixed_image'])}" / "ddf.nii.gz").is_file()
-    evaluator = batch_run["wf"].parser.get_parsed_content("infer#evaluator")
+    evaluator = batch_run["wf"].parser.get_parsed_content("evaluator")
     assert evaluator.state.iteration == len(CASES) + 2 and len(evaluator.state.failures) == n_bad

@@ -17,12 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
 SMALL_NET = json.loads((Path(__file__).parent / "small_network.json").read_text())  # a tiny network, for speed
 NAN_RANK, NAN_ITERATION = 1, 3  # one rank gets a NaN moving image: every rank must skip that step together
-RANK_ZERO_ONLY = {  # handlers the multi-GPU config disables on ranks > 0, by position in train.json
-    "train#common_handlers": {2: "ignite.handlers.ProgressBar", 3: "StatsHandler", 4: "TensorBoardStatsHandler",
-                              5: "mtreg_monai.handlers.WeightCurveHandler",
-                              6: "mtreg_monai.handlers.RegistrationFigureHandler"},
-    "validate#handlers": {0: "StatsHandler", 1: "TensorBoardStatsHandler"},
-}  # fmt: skip
+RANK_ZERO_ONLY = {  # handlers the multi-GPU config disables on ranks > 0, by their ids in train.json
+    "train#progress_bar": "ignite.handlers.ProgressBar",
+    "train#stats": "StatsHandler",
+    "train#tensorboard": "TensorBoardStatsHandler",
+    "train#weight_curves": "mtreg_monai.handlers.WeightCurveHandler",
+    "train#figure": "mtreg_monai.handlers.RegistrationFigureHandler",
+    "validate#stats": "StatsHandler",
+    "validate#tensorboard": "TensorBoardStatsHandler",
+}
 
 
 def _test_config(tmp: Path, out: Path, epochs: int) -> dict:
@@ -198,39 +201,38 @@ def test_resume_loads_the_same_checkpoint_on_every_rank(ddp_run, ddp_resumed):
 
 
 def test_rank_zero_only_handlers_are_the_intended_ones():
-    """The multi-GPU config disables handlers by position: they must still be the ones meant (train.json order)."""
+    """The multi-GPU config disables handlers by id: each id names the handler meant, and no other is disabled."""
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "multi_gpu_train.json")])
-    for list_id, expected in RANK_ZERO_ONLY.items():
-        items = parser[list_id]
-        for i, item in enumerate(items):
-            disabled = isinstance(item, dict) and item.get("_disabled_") == "$dist.get_rank() > 0"
-            assert disabled == (i in expected), f"{list_id}#{i} ({item}) rank-0-only: {disabled}"
-            if i in expected:
-                assert item["_target_"] == expected[i]
+    for handler_id, target in RANK_ZERO_ONLY.items():
+        assert parser[handler_id]["_target_"] == target, handler_id
+        assert parser[handler_id]["_disabled_"] == "$dist.get_rank() > 0", handler_id
+    listed = [item[1:] for list_id in ("train#common_handlers", "validate#handlers") for item in parser[list_id]]
+    assert set(RANK_ZERO_ONLY) <= set(listed)
+    for handler_id in set(listed) - set(RANK_ZERO_ONLY):
+        assert "_disabled_" not in parser[handler_id], handler_id  # e.g. the learning rate: on every rank
     assert parser["train#checkpoint#_disabled_"] == "$dist.get_rank() > 0"
     assert "_disabled_" not in parser["train#validation"]  # every rank validates its shard: the metrics all-gather
-    assert parser["train#common_handlers#1#_target_"] == "LrScheduleHandler"  # the learning rate: on every rank
+    assert parser["train#lr_schedule#_target_"] == "LrScheduleHandler"
+    assert parser["train#reseed#seed"] == "$@seed + dist.get_rank()"
+    assert parser["train#figure#network"] == "$@network.module"
+    assert parser["train#extra_handlers"] == ["@train#nonfinite_guard"]
 
 
 # the helpers without a process group (one process): the single-process answers
-def test_helpers_without_process_group(monkeypatch):
+def test_helpers_without_process_group():
     from ignite.engine import Engine
     from monai.engines.utils import IterationEvents
 
     from mtreg_monai.engines import distributed as d
 
-    assert not d.is_distributed() and d.get_rank() == 0 and d.get_world_size() == 1
-    monkeypatch.setenv("LOCAL_RANK", "3")
-    assert d.local_rank() == 3
-    monkeypatch.setenv("LOCAL_RANK", "x")
-    with pytest.raises(ValueError, match="LOCAL_RANK"):
-        d.local_rank()
     assert d.rank_zero_first(lambda a, b: a + b, 1, b=2) == 3
     with pytest.raises(TypeError, match="callable"):
         d.rank_zero_first("not a function")
     obj = {"path": "x.pt"}
     assert d.broadcast_object(obj) is obj
+    with pytest.raises(ValueError, match="src"):
+        d.broadcast_object(obj, src=1)
 
     engine = Engine(lambda e, b: None)
     engine.register_events(*IterationEvents)

@@ -24,7 +24,7 @@ def _command(bundle_root: Path, phantom: Path, extra: Path | None) -> list[str]:
         "--spatial_size", "[32,32,32]", "--epochs", "3", "--val_interval", "1", "--num_mc_samples", "3",
         "--learning_rate", "0.001", "--phantom#num_pairs", "5", "--phantom#num_val", "1", "--phantom#num_test", "1",
         "--network_def#encoder_channels", "[4,8,8,8]", "--network_def#decoder_channels", "[8,8,8,8]",
-        "--train#common_handlers#5#keys", "['loss', 'loss_sim', 'lambda_phi', 'lambda_c']",
+        "--train#weight_curves#keys", "['loss', 'loss_sim', 'lambda_phi', 'lambda_c']",
     ]  # fmt: skip
 
 

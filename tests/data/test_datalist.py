@@ -29,7 +29,8 @@ def test_read_relative_to_json_folder(tmp_path):
     assert items[0]["fixed_image"] == str(root / "imagesTr" / "p1_mr.nii.gz")
     assert items[0]["moving_label"] == str(root / "labelsTr" / "p1_ct.nii.gz")
     assert items[0]["id"] == "p1"  # other keys copied
-    assert load_registration_datalist(str(path), "validation") == []
+    assert load_registration_datalist(str(path), "validation") == []  # an empty section is accepted by default
+    assert len(load_registration_datalist(path, allow_empty=False)) == 1
 
 
 def test_base_dir_and_absolute(tmp_path):
@@ -92,6 +93,12 @@ ILL_CONTENT = [
         {"base_dir": "."},
         ValueError,
         r"key 'fixed_image': path '/etc/passwd' resolves to .* outside base_dir",
+    ),
+    (
+        {"training": [], "test": [PAIR]},
+        {"allow_empty": False},
+        ValueError,
+        r"Section 'training' of datalist '.*dataset\.json' is empty; expected at least one pair",
     ),
 ]
 

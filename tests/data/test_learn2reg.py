@@ -43,13 +43,14 @@ def _make_layout(root: Path) -> Path:
     label[2:7, 2:7, 2:7], label[9:14, 2:7, 2:7], label[2:6, 9:14, 9:14], label[9:13, 9:14, 9:14] = 1, 2, 3, 4
     files = [(c, m, True) for c in PAIRED for m in (0, 1)] + [(MR_ONLY, 0, True)]
     for case, mod, labelled in files:
-        image = rng.uniform(0, 800, SHAPE) if mod == 0 else rng.uniform(-1000, 1000, SHAPE)
+        image = rng.uniform(0, 800, SHAPE) if mod == 0 else rng.uniform(-1000, 300, SHAPE)  # MR units; CT in HU
         _save(root / "imagesTr" / _name(case, mod), image.astype(np.float32))
         if labelled:
             _save(root / "labelsTr" / _name(case, mod), label)
             _save(root / "masksTr" / _name(case, mod), (label > 0).astype(np.uint8))
     for mod in (0, 1):
-        _save(root / "imagesTs" / _name(TEST_CASE, mod), rng.uniform(0, 500, SHAPE).astype(np.float32))
+        test_image = rng.uniform(0, 500, SHAPE) if mod == 0 else rng.uniform(-1000, 300, SHAPE)
+        _save(root / "imagesTs" / _name(TEST_CASE, mod), test_image.astype(np.float32))
     return root
 
 

@@ -44,11 +44,16 @@ CASES = [
 
 @pytest.mark.parametrize("case,exc_type,text", CASES)
 def test_bad_pair_becomes_marker(files, case, exc_type, text):
-    data = [{"fixed_image": files["fixed"], "moving_image": files[case]}, {"fixed_image": files["fixed"], "moving_image": files["moving"]}]
+    data = [
+        {"fixed_image": files["fixed"], "moving_image": files[case]},
+        {"fixed_image": files["fixed"], "moving_image": files["moving"]},
+    ]
     ds = FailSafeDataset(data, transform=registration_pair_transforms(with_labels=False))
     marker = ds[0]
     assert is_failure_marker(marker)
-    assert marker["stage"] == "load" and marker["fixed_image"] == files["fixed"] and marker["moving_image"] == files[case]
+    assert (
+        marker["stage"] == "load" and marker["fixed_image"] == files["fixed"] and marker["moving_image"] == files[case]
+    )
     assert marker["reason"].startswith(f"{exc_type}: ")
     assert text in marker["reason"] and files[case] in marker["reason"]  # names the file and the problem
     assert "\n" not in marker["reason"]

@@ -228,3 +228,65 @@ def test_safe_loader_mismatch_names_file(tmp_path):
         SafeCheckpointLoader(load_path=str(tmp_path / "missing.pt"), load_dict={"model": nn.Linear(2, 1)})(
             Engine(lambda e, b: None)
         )
+
+
+def test_no_iteration_no_final_save(tmp_path, caplog):
+    """A run that trains no step (a finished training resumed, or a failure at the start) rewrites nothing."""
+    model, opt, trainer, saver = _setup(tmp_path, save_final=True, final_filename="model_final.pt", name="ckpt_idle")
+    trainer.run(range(2), max_epochs=1)
+    assert saver.iterations_run == 2
+    before = (tmp_path / "model_final.pt").read_bytes()
+
+    trainer2 = _trainer(model, opt)
+    saver2 = AtomicCheckpointSaver(str(tmp_path), {"model": model, "optimizer": opt, "trainer": trainer2},
+                                   save_final=True, final_filename="model_final.pt", name="ckpt_idle")  # fmt: skip
+    SafeCheckpointLoader(str(tmp_path / "model_final.pt"), {"trainer": trainer2}).attach(trainer2)
+    saver2.attach(trainer2)
+    with caplog.at_level(logging.INFO, logger="ckpt_idle"):
+        trainer2.run(range(2), max_epochs=1)  # already finished: no iteration
+    assert saver2.iterations_run == 0 and "no iteration ran in this run" in caplog.text
+    assert (tmp_path / "model_final.pt").read_bytes() == before
+
+    trainer3 = _trainer(model, opt)
+    saver3 = AtomicCheckpointSaver(str(tmp_path / "new"), {"model": model}, save_final=True, final_filename="f.pt")
+    saver3.attach(trainer3)
+
+    @trainer3.on(Events.STARTED)
+    def _fail(engine):
+        raise RuntimeError("failed before the first step")
+
+    with pytest.raises(RuntimeError, match="before the first step"):
+        trainer3.run(range(2), max_epochs=1)
+    assert not (tmp_path / "new" / "f.pt").exists()
+
+
+def test_key_metric_state(tmp_path):
+    model = nn.Linear(2, 1)
+    evaluator = Engine(lambda e, b: None)
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metric(engine):
+        engine.state.metrics = {"dice": 0.5}
+
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt")  # fmt: skip
+    saver.attach(evaluator)
+    evaluator.run(range(1))
+    state = saver.state_dict()
+    assert [p for p, _ in state["_saved"]] == [0.5] and os.listdir(tmp_path) == ["model.pt"]  # Ignite's key
+    assert saver.key_metric_checkpoint is not None and saver.key_metric_checkpoint.state_dict() == state
+    torch.save({"best": saver.state_dict()}, tmp_path / "resume.pt")
+    restored = AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="dice",
+                                     key_metric_filename="model.pt")  # fmt: skip
+    SafeCheckpointLoader(str(tmp_path / "resume.pt"), {"best": restored})(Engine(lambda e, b: None))
+    assert restored.state_dict() == state  # the best score survives a resume: a worse model does not replace it
+    assert AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_final=True).state_dict() == {}
+
+
+def test_safe_loader_max_epochs_names_file(tmp_path):
+    model, opt, trainer, _ = _setup(tmp_path, save_final=True, final_filename="model.pt")
+    trainer.run(range(2), max_epochs=3)
+    trainer2 = _trainer(model, opt)
+    trainer2.state.max_epochs = 2
+    with pytest.raises(ValueError, match=r"Epoch count \(3\) in checkpoint '.*model.pt'"):
+        SafeCheckpointLoader(str(tmp_path / "model.pt"), {"trainer": trainer2})(trainer2)

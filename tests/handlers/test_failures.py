@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 
 import pytest
 from ignite.engine import Engine
@@ -41,7 +42,7 @@ def test_rows_per_failure(tmp_path, caplog):
     assert rows[0] == {"fixed_image": "f2", "moving_image": "m2", "stage": "load", "reason": "ValueError: 'm2' is 2-D"}
     assert list(rows[0]) == list(FAILURE_COLUMNS)
     assert sum("pair failed" in r.message for r in caplog.records) == 3
-    assert not (tmp_path / "out" / "failures.csv.tmp").exists()
+    assert os.listdir(tmp_path / "out") == ["failures.csv"]  # no hidden .failures.csv.<hex>.tmp left
     # a second run starts a fresh list and overwrites the report
     engine.run([1], max_epochs=1)
     assert _read(handler.path) == [] and engine.state.failures == []
@@ -62,6 +63,26 @@ def test_reason_with_commas_and_quotes_round_trips(tmp_path):
     engine.run([0], max_epochs=1)
     (row,) = _read(handler.path)
     assert row["reason"] == reason and row["fixed_image"] == "a,b"
+
+
+def test_failed_write_keeps_the_previous_report(tmp_path, monkeypatch):
+    """A write that fails (here at the rename) keeps the previous report and leaves no temporary file."""
+    engine = Engine(lambda e, b: {"failed": [failure_marker({"fixed_image": "f", "moving_image": "m"}, "EOFError")]})
+    handler = FailureReportHandler(tmp_path)
+    handler.attach(engine)
+    engine.run([0], max_epochs=1)
+    before = (tmp_path / "failures.csv").read_text()
+
+    def no_rename(src, dst):
+        assert os.path.basename(src).startswith(".failures.csv.") and src.endswith(".tmp")  # the real temporary
+        raise OSError("rename refused")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    engine.state.failures = []
+    with pytest.raises(OSError, match="rename refused"):
+        handler.completed(engine)  # would write a header-only report
+    assert (tmp_path / "failures.csv").read_text() == before
+    assert os.listdir(tmp_path) == ["failures.csv"]
 
 
 @pytest.mark.parametrize("filename", ["", "a/b.csv", None])

@@ -139,6 +139,36 @@ def test_with_registration_evaluator(tmp_path):
     assert "| Dice liver (%) | 100.00 ± 0.00 | 2 | 0 | 0 |" in (tmp_path / "summary.md").read_text()
 
 
+def test_column_names_from_state(tmp_path):
+    """Without ``columns``, the names come from ``engine.state.metric_columns[metric_name]`` (where
+    RegistrationMetricsHandler puts them), not from the handlers attached to the engine."""
+    engine = _engine(ROWS)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _columns(e):
+        e.state.metric_columns = {"val_mean_dice": COLUMNS}
+
+    RegistrationReportHandler(tmp_path).attach(engine)
+    engine.run(_pairs(3))
+    assert list(_read_csv(tmp_path / "metrics.csv")[0]) == ["fixed", "moving", *COLUMNS, "seconds"]
+
+
+def test_info_columns_on_every_row(tmp_path):
+    """``info_columns`` copies info items, read when the run completes, into every row of metrics.csv."""
+    engine = _engine(ROWS)
+    report = RegistrationReportHandler(
+        tmp_path, columns=COLUMNS, info={"checkpoint": "m/model.pt"}, info_columns=["checkpoint", "epoch"]
+    )
+    report.attach(engine)
+    report.info["epoch"] = 7  # as a checkpoint loader's ``record`` (the evaluate config's) fills it in at STARTED
+    engine.run(_pairs(3))
+    rows = _read_csv(tmp_path / "metrics.csv")
+    assert list(rows[0])[:4] == ["fixed", "moving", "checkpoint", "epoch"]
+    assert [(r["checkpoint"], r["epoch"]) for r in rows] == [("m/model.pt", "7")] * 3
+    with pytest.raises(TypeError, match="info_columns"):
+        RegistrationReportHandler(tmp_path, info_columns="checkpoint")
+
+
 def test_summarise_columns_counts_inf_and_single_value():
     stats = summarise_columns(np.array([[0.0, 1.0], [INF, NAN]]), ["asd_liver", "jacobian_std"])
     assert (stats[0]["text"], stats[0]["n"], stats[0]["inf"], stats[0]["nan"]) == ("0.00 ± –", 1, 1, 0)

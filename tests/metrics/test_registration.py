@@ -10,9 +10,13 @@ import torch
 from mtreg_monai.metrics import (
     DEFAULT_LABEL_NAMES,
     RegistrationMetric,
+    check_label_maps,
+    check_label_names,
     compute_label_asd,
     compute_label_dice,
+    compute_label_overlap,
     compute_registration_metrics,
+    finite_summary,
     registration_metric_keys,
 )
 
@@ -177,6 +181,41 @@ def test_ill_inputs():
         compute_label_dice(lab, lab, {1: "right kidney"})
     with pytest.raises(ValueError, match="log_jac"):
         compute_registration_metrics(lab, lab, ddf, jacobian_metrics=["log_jac"])
+
+
+def test_label_overlap_in_one_pass(caplog):
+    """``compute_label_overlap`` gives both functions' values and warns once for an empty label."""
+    fixed = _cube((2, 2, 2), 6)
+    warped = _cube((3, 2, 2), 6)
+    names = {1: "liver", 2: "spleen"}
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        dice, asd = compute_label_overlap(warped, fixed, names, spacing=(2.0, 1.0, 1.0))
+    assert sum("no foreground for label 2" in r.message for r in caplog.records) == 1
+    torch.testing.assert_close(dice, compute_label_dice(warped, fixed, names), equal_nan=True)
+    torch.testing.assert_close(asd, compute_label_asd(warped, fixed, names, (2.0, 1.0, 1.0)), equal_nan=True)
+    assert dice[0, 0].item() == pytest.approx(5 / 6) and torch.isnan(dice[0, 1])
+
+
+def test_check_helpers():
+    assert check_label_names(DEFAULT_LABEL_NAMES) == {1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney"}
+    with pytest.raises(ValueError, match="unique names"):
+        check_label_names({1: "liver", 2: "liver"})
+    with pytest.raises(TypeError, match="non-empty mapping"):
+        check_label_names({})
+    check_label_maps(_cube((2, 2, 2), 4), _cube((2, 2, 2), 4).float())
+    with pytest.raises(ValueError, match="same shape"):
+        check_label_maps(_cube((2, 2, 2), 4), _cube((2, 2, 2), 4, shape=(20, 16, 15)))
+
+
+def test_finite_summary():
+    """NaN and ±inf are left out of mean and sample std, and counted."""
+    nan, inf = float("nan"), float("inf")
+    got = finite_summary(torch.tensor([1.0, 3.0, nan, inf, -inf, 5.0]))
+    assert (got.mean, got.n, got.nan, got.inf) == (3.0, 3, 1, 2)
+    assert got.std == pytest.approx(2.0)  # sample std of (1, 3, 5)
+    one = finite_summary([2.0, inf])
+    assert (one.mean, one.n, one.inf) == (2.0, 1, 1) and np.isnan(one.std)
+    assert np.isnan(finite_summary([nan, inf]).mean) and finite_summary([]).n == 0
 
 
 def test_cumulative_metric(caplog):

@@ -146,7 +146,7 @@ def test_spatial_size_and_tensors():
     affine = torch.eye(4, dtype=torch.float64)
     data = {
         "fixed_image": MetaTensor(torch.rand(1, 20, 18, 40), affine=affine),
-        "moving_image": MetaTensor(torch.rand(1, 20, 18, 40), affine=affine),
+        "moving_image": MetaTensor(torch.rand(1, 20, 18, 40) * 1000.0 - 500.0, affine=affine),  # CT, HU
         "moving_label": MetaTensor(torch.ones(1, 20, 18, 40), affine=affine),
     }
     out = registration_pair_transforms(load=False, spatial_size=(32, 32, 32), k=16)(data)
@@ -189,3 +189,20 @@ def test_pixdim_option_resamples_and_inverts(tmp_path):
     assert tuple(inv["fixed_image"].shape) == (1, 32, 32, 32)
     with pytest.raises(ValueError, match="pixdim"):
         registration_pair_transforms(pixdim=(1.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("declared", ["moving", "fixed"])
+def test_image_not_fitting_its_modality_is_refused(tmp_path, declared):
+    mr = _blob((16, 16, 16), 0) + 500.0  # 0..1000 "MR"
+    unit = _save(tmp_path / "mr01.nii.gz", mr / 1000.0, np.eye(4))  # MR scaled to [0, 1]
+    other = _save(tmp_path / "mr.nii.gz", mr, np.eye(4))
+    if declared == "moving":  # the default modalities: fixed MR, moving CT
+        pair, kwargs = {"fixed_image": other, "moving_image": unit}, {}
+    else:
+        pair, kwargs = {"fixed_image": unit, "moving_image": other}, {"fixed_modality": "ct", "moving_modality": "mr"}
+    pattern = rf"'{declared}_image' \(file '.*mr01\.nii\.gz'\), declared as CT, is \(nearly\) constant"
+    with raises_in_chain(ValueError, pattern + rf"(.|\n)*--{declared}_modality mr"):
+        registration_pair_transforms(**kwargs)(pair)
+    # declared as what it is, it passes; the thresholds are options of the chain
+    registration_pair_transforms(fixed_modality="mr", moving_modality="mr")(pair)
+    registration_pair_transforms(min_spread=0.0, **kwargs)(pair)
