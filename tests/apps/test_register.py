@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -39,8 +40,32 @@ def test_register_one_pair(trained_bundle, tmp_path, capsys):
     assert sitk.GetArrayFromImage(warped).min() < -500
 
 
+def test_refine_steps(trained_bundle, tmp_path, capsys):
+    """``--refine_steps N`` changes the displacement the network alone gives, without folding it."""
+    pair = _phantom_pair(trained_bundle)
+    fields = {}
+    for steps in (0, 3):
+        status = main(
+            [
+                "--fixed", pair["fixed_image"], "--moving", pair["moving_image"], "--out", str(tmp_path / f"r{steps}"),
+                "--checkpoint", str(trained_bundle / "models" / "model.pt"), "--device", "cpu",
+                "--refine_steps", str(steps),
+            ]
+        )  # fmt: skip
+        assert status == 0
+        result = Path(capsys.readouterr().out.strip().splitlines()[-1])
+        fields[steps] = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "ddf.nii.gz")))
+        with open(tmp_path / f"r{steps}" / "quality_control.csv") as f:
+            assert float(next(csv.DictReader(f))["folding_percent"]) == 0.0
+    assert fields[0].shape == fields[3].shape and np.isfinite(fields[3]).all()
+    assert np.abs(fields[3] - fields[0]).max() > 1e-3
+    assert main(["--fixed", "f", "--moving", "m", "--out", str(tmp_path / "x"), "--refine_steps", "-1"]) == 2
+
+
 def test_missing_file_is_a_clear_error(tmp_path, capsys):
-    status = main(["--fixed", str(tmp_path / "nope.nii.gz"), "--moving", str(tmp_path / "x.nii.gz"), "--out", str(tmp_path)])
+    status = main(
+        ["--fixed", str(tmp_path / "nope.nii.gz"), "--moving", str(tmp_path / "x.nii.gz"), "--out", str(tmp_path)]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert "fixed_image" in err and "nope.nii.gz" in err and "does not exist" in err
@@ -103,7 +128,7 @@ REGISTER_CASES = {
     "flat2d": "2 spatial dims",
     "vol4d": "2 channels",
     "fraclabel": "non-integer",
-    "constant": None,
+    "constant": "is (nearly) constant",
     "shifted_grid": None,
 }
 
@@ -124,5 +149,27 @@ def test_bad_and_unusual_inputs(trained_bundle, tmp_path, capsys, case):
         assert np.isfinite(field).all()
     else:
         assert status == 2
-        assert expected in captured.err and Path(item["moving_image"] if case != "fraclabel" else item["moving_label"]).name in captured.err
+        assert (
+            expected in captured.err
+            and Path(item["moving_image"] if case != "fraclabel" else item["moving_label"]).name in captured.err
+        )
         assert not any(p.is_dir() for p in (tmp_path / "out").iterdir())
+
+
+def test_bundle_failing_the_property_check_is_refused(tmp_path):
+    """MONAI's infer workflow, its type set, checks the bundle: an inference.json without ``inferer`` is refused."""
+    import shutil
+
+    from mtreg_monai.apps import register_pair
+
+    configs = tmp_path / "bundle" / "configs"
+    shutil.copytree(ROOT / "bundle" / "configs", configs)
+    config = json.loads((configs / "inference.json").read_text())
+    del config["inferer"]
+    config["evaluator"]["inferer"] = "$monai.inferers.SimpleInferer()"
+    (configs / "inference.json").write_text(json.dumps(config))
+    for name in ("mr.nii.gz", "ct.nii.gz", "model.pt"):  # never read: the check comes first
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(RuntimeError, match="property check.*inferer"):
+        register_pair(str(tmp_path / "mr.nii.gz"), str(tmp_path / "ct.nii.gz"), str(tmp_path / "out"),
+                      bundle_dir=tmp_path / "bundle", checkpoint=str(tmp_path / "model.pt"))  # fmt: skip

@@ -19,9 +19,13 @@ SMALL_NET = json.loads((Path(__file__).parent / "small_network.json").read_text(
 ORGANS = ["liver", "spleen", "right_kidney", "left_kidney"]
 
 
+CHECKPOINT_COLUMNS = ["checkpoint", "checkpoint_epoch", "checkpoint_run_identity"]  # which model made the row
+
+
 def _columns(organs: list[str]) -> list[str]:
     dice, asd = [f"dice_{o}" for o in organs], [f"asd_{o}" for o in organs]
-    return ["fixed", "moving", *dice, "dice_mean", *asd, "asd_mean", "folding_percent", "jacobian_std", "seconds"]
+    metrics = [*dice, "dice_mean", *asd, "asd_mean", "folding_percent", "jacobian_std", "seconds"]
+    return ["fixed", "moving", *CHECKPOINT_COLUMNS, *metrics]
 
 
 def _workflow(root: Path, run_id: str, **overrides) -> ConfigWorkflow:
@@ -31,7 +35,7 @@ def _workflow(root: Path, run_id: str, **overrides) -> ConfigWorkflow:
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=False,
         run_id=run_id,
-        workflow_type=None,
+        workflow_type="infer" if run_id == "evaluating" else "train",
         bundle_root=str(root / "bundle"),
         phantom_dir=str(root / "phantom"),
         spatial_size=[32, 32, 32],
@@ -43,6 +47,7 @@ def _workflow(root: Path, run_id: str, **overrides) -> ConfigWorkflow:
         **overrides,
     )
     wf.initialize()
+    assert wf.check_properties() == []  # MONAI's evaluation (infer) and train workflows accept the combination
     return wf
 
 
@@ -94,7 +99,8 @@ def test_evaluate_test_section(trained, caplog):
     rows = _read_csv(out / "metrics.csv")
     assert list(rows[0]) == _columns(ORGANS)
     assert [(r["fixed"], r["moving"]) for r in rows] == _section(trained, "test")  # one row per test pair, in order
-    values = {c: np.array([float(r[c]) for r in rows]) for c in _columns(ORGANS)[2:]}
+    assert {r["checkpoint"] for r in rows} == {str(models / "model.pt")}
+    values = {c: np.array([float(r[c]) for r in rows]) for c in _columns(ORGANS)[2 + len(CHECKPOINT_COLUMNS) :]}
     for c, v in values.items():
         if c.startswith("dice_"):
             assert np.all((v >= 0) & (v <= 1)), c
@@ -132,6 +138,20 @@ def test_evaluate_two_labels_other_section(trained):
     assert [(r["fixed"], r["moving"]) for r in rows] == _section(trained, "validation")
     summary = (eval_dir / "summary.md").read_text()
     assert "| section | `validation` |" in summary and "Dice spleen (%)" in summary and "kidney" not in summary
+
+
+def test_evaluate_with_refinement(trained):
+    """``--refine_steps N`` evaluates the network's displacement refined by the RefinementInferer."""
+    rows = {}
+    for steps in (0, 3):
+        eval_dir = trained / f"eval_refine_{steps}"
+        wf = _workflow(trained, "evaluating", refine_steps=steps, eval_dir=str(eval_dir))
+        wf.run()
+        wf.finalize()
+        rows[steps] = _read_csv(eval_dir / "metrics.csv")
+        assert f"| refine_steps | {steps} |" in (eval_dir / "summary.md").read_text()
+    assert [r["jacobian_std"] for r in rows[0]] != [r["jacobian_std"] for r in rows[3]]
+    assert all(float(r["folding_percent"]) == 0.0 for r in rows[3])
 
 
 def test_evaluate_without_checkpoint(trained, tmp_path):

@@ -16,7 +16,6 @@ from mtreg_monai.networks import MCVoxelMorph
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "bundle" / "configs"
-CONFIG_LIST = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'inference.json'}']"
 
 # runs in a Python where importing monai or mtreg_monai fails: only torch is available
 TORCH_ONLY = r'''
@@ -56,7 +55,7 @@ def exported(trained_bundle, tmp_path_factory) -> Path:
     cmd = [
         sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def",
         "--filepath", str(ts), "--ckpt_file", str(trained_bundle / "models" / "model.pt"),
-        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", CONFIG_LIST,
+        "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
         "--key_in_ckpt", "model", "--use_trace", "True", "--input_shape", "[1, 2, 32, 32, 32]",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
@@ -70,7 +69,9 @@ def test_torchscript_registers_a_pair_without_monai(exported, trained_bundle, tm
     torch.save(pair, tmp_path / "pair.pt")
     script = tmp_path / "torch_only.py"
     script.write_text(TORCH_ONLY)
-    subprocess.run([sys.executable, str(script), str(exported), str(tmp_path / "pair.pt"), str(tmp_path / "out.pt")], check=True)
+    subprocess.run(
+        [sys.executable, str(script), str(exported), str(tmp_path / "pair.pt"), str(tmp_path / "out.pt")], check=True
+    )
     out = torch.load(tmp_path / "out.pt", weights_only=True)
     net = MCVoxelMorph(dropout=0.2).eval()
     net.load_state_dict(torch.load(trained_bundle / "models" / "model.pt", weights_only=True)["model"])
@@ -81,11 +82,24 @@ def test_torchscript_registers_a_pair_without_monai(exported, trained_bundle, tm
     torch.testing.assert_close(out["warped"], warped, rtol=1e-4, atol=1e-5)
 
 
+def test_export_embeds_metadata_and_inference_config(exported):
+    """``ckpt_export`` from inference.json alone: metadata.json and the inference config ride in the TorchScript
+    file."""
+    extra = {"metadata.json": "", "inference.json": ""}
+    torch.jit.load(str(exported), _extra_files=extra)
+    meta, shipped = json.loads(extra["metadata.json"]), json.loads((CONFIGS / "metadata.json").read_text())
+    for key in ("version", "network_data_format", "eval_metrics"):
+        assert meta[key] == shipped[key], key
+    assert json.loads(extra["inference.json"]) == json.loads((CONFIGS / "inference.json").read_text())
+
+
 def test_verify_net_in_out():
+    """The model zoo's shape check, on configs/inference.json alone (as its CI runs it)."""
     verify_net_in_out(
         net_id="network_def",
         meta_file=str(CONFIGS / "metadata.json"),
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "inference.json")],
+        config_file=str(CONFIGS / "inference.json"),
+        bundle_root=str(ROOT / "bundle"),
     )
 
 
