@@ -68,14 +68,14 @@ def main() -> None:
         with torch.no_grad():
             target_mind = loss_fn.descriptor(target)
 
-        def run_ref(fn=mind_ssc_reference):
+        def run_ref(fn=mind_ssc_reference, pred=pred, target=target):
             ((fn(pred) - fn(target)) ** 2).mean().backward()
 
         runs = {
             "reference (conv + avg_pool3d)": run_ref,
             "separable (first version)": lambda: run_ref(separable_mind_ssc),
-            "mtreg MINDSSCLoss": lambda: loss_fn(pred, target).backward(),
-            "mtreg, target precomputed": lambda: loss_fn.forward_descriptors(
+            "mtreg MINDSSCLoss": lambda pred=pred, target=target: loss_fn(pred, target).backward(),
+            "mtreg, target precomputed": lambda pred=pred, target_mind=target_mind: loss_fn.forward_descriptors(
                 loss_fn.descriptor(pred), target_mind
             ).backward(),
         }

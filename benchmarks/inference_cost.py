@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from _common import environment_info, run_measured  # benchmarks/ is sys.path[0] when run as a script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +50,13 @@ LABELS = {"student": "student", "syn": "ANTs SyN", "elastix": "elastix B-spline"
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", nargs="+", type=int, default=[64, 64, 48, 176, 176, 128],
-                    help="volume sizes, flat list of ints in groups of 3 (H W D ...), each a multiple of 16")
+    ap.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[64, 64, 48, 176, 176, 128],
+        help="volume sizes, flat list of ints in groups of 3 (H W D ...), each a multiple of 16",
+    )
     ap.add_argument("--method", default="as_atc", help="variant whose network is timed (train.json 'method')")
     ap.add_argument("--checkpoint", default="", help="model.pt written by training (default: random weights)")
     ap.add_argument("--repeats", type=int, default=3, help="timed student runs after 1 warm-up")
@@ -63,8 +67,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch threads and ITK threads of every child")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0, help="seed of make_phantom_pair")
-    ap.add_argument("--field_of_view", nargs=3, type=float, default=None,
-                    help="mm; default the bundle's phantom#field_of_view")
+    ap.add_argument(
+        "--field_of_view", nargs=3, type=float, default=None, help="mm; default the bundle's phantom#field_of_view"
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["student", "syn", "elastix", "train"])
     ap.add_argument("--override", default="{}", help="JSON dict of extra config overrides of the trainers")
     ap.add_argument("--json", default="", help="write the results to this JSON file")
@@ -164,7 +169,8 @@ def prepare_training_data(workdir: str, size: list[int], config: dict, extra: di
     ov = train_overrides(extra)
     make_phantom_dataset(
         os.path.join(workdir, "phantom"), num_pairs=ov["phantom#num_pairs"], spatial_size=size,
-        seed=ov.get("seed", config["seed"]), field_of_view=ov.get("phantom#field_of_view", config["phantom"]["field_of_view"]),
+        seed=ov.get("seed", config["seed"]),
+        field_of_view=ov.get("phantom#field_of_view", config["phantom"]["field_of_view"]),
         num_val=ov["phantom#num_val"], num_test=ov["phantom#num_test"], reuse_existing=True,
     )  # fmt: skip
 
@@ -295,7 +301,9 @@ def print_table(results: list[dict], args: argparse.Namespace) -> None:
     for row in results:
         size, sp = row["spatial_size"], row["spacing_mm"]
         print(f"\n{'x'.join(map(str, size))} voxels, spacing {' x '.join(f'{s:.3g}' for s in sp)} mm")
-        head = f"{'measurement':<18} {'seconds':>9} {'per':>5} {'x student':>10} {'peak RSS MiB':>13} {'RSS before':>11}"
+        head = (
+            f"{'measurement':<18} {'seconds':>9} {'per':>5} {'x student':>10} {'peak RSS MiB':>13} {'RSS before':>11}"
+        )
         print(head + (f" {'CUDA peak MiB':>14}" if cuda else ""))
         m = row["measurements"]
         student = m.get("student", {}).get("seconds")

@@ -414,7 +414,9 @@ def write_outputs(args, cfg, out, rows, pairs, summary, comparisons, info, slice
     if "as_atc" in rows or "as" in rows:
         figures["weights"] = plot_weight_curves(out, rows, fig_dir / f"{stem}_weights.png")
     if "as_atc" in rows and "initial" in slices and slices["initial"]:
-        figures["uncertainty"] = plot_uncertainty(out, overrides, slices["initial"], fig_dir / f"{stem}_uncertainty.png")
+        figures["uncertainty"] = plot_uncertainty(
+            out, overrides, slices["initial"], fig_dir / f"{stem}_uncertainty.png"
+        )
     if slices:
         figures["slices"] = plot_slices(rows, slices, fig_dir / f"{stem}_slices.png")
     md = results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs, final, pairs)
@@ -470,7 +472,8 @@ def table_markdown(by: Mapping[str, Mapping[str, Any]], epoch_label: str = "best
         epoch = r.get("checkpoint_epoch")
         train = _fmt_time(r["train_seconds"]) + (f" ({epoch})" if epoch is not None else "")
         lines.append(
-            f"| {r['label']} | {_pm(r, 'dice_liver', 1)} | {_pm(r, 'dice_spleen', 1)} | {_pm(r, 'dice_right_kidney', 1)} "
+            f"| {r['label']} | {_pm(r, 'dice_liver', 1)} | {_pm(r, 'dice_spleen', 1)} "
+            f"| {_pm(r, 'dice_right_kidney', 1)} "
             f"| {_pm(r, 'dice_left_kidney', 1)} | **{_pm(r, 'dice_mean', 2)}** | {_pm(r, 'asd_mean', 2)} "
             f"| {_pm(r, 'folding_percent', 3)} | {_pm(r, 'jacobian_std', 3)} | {train} | {r['seconds_mean']:.3f} |"
         )
@@ -527,10 +530,13 @@ def results_markdown(args, cfg, rows, summary, comparisons, info, figures, docs,
                   "Classical rows repeated from above.", "",
                   *table_markdown(fby, "last epoch"), "", *orderings_markdown(fby, final["pairs"]), "",
                   *comparisons_markdown(fby, final["comparisons"])]
-    for key, title in (("weights", "lambda_phi and lambda_c over the training steps (paper Fig. 3 b/d)"),
-                       ("uncertainty", "Uncertainty of the AS+ATC teacher at the end of training on a test pair (paper Fig. 3 a/c)"),
-                       ("slices", "One axial slice per method, fixed-image organ contours over the warped moving "
-                                  "image (paper Fig. 2)")):
+    figure_titles = (
+        ("weights", "lambda_phi and lambda_c over the training steps (paper Fig. 3 b/d)"),
+        ("uncertainty", "Uncertainty of the AS+ATC teacher at the end of training on a test pair (paper Fig. 3 a/c)"),
+        ("slices", "One axial slice per method, fixed-image organ contours over the warped moving image "
+                   "(paper Fig. 2)"),
+    )
+    for key, title in figure_titles:
         if figures.get(key):
             lines += ["", f"{title}:", "", f"![{key}]({os.path.relpath(figures[key], docs)})"]
     return "\n".join(lines)

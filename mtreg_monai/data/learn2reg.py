@@ -15,8 +15,8 @@ import json
 import logging
 import os
 import re
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from mtreg_monai.data.datalist import DATALIST_SECTIONS, read_json_file

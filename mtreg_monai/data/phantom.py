@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .phantom_anatomy import ORGAN_LABELS, TISSUES, anatomy_maps, draw_subject, motion_fields, resample
 from mtreg_monai.utils import write_text_atomic
+
+from .phantom_anatomy import ORGAN_LABELS, TISSUES, anatomy_maps, draw_subject, motion_fields, resample
 
 __all__ = ["CT_INTENSITIES", "MR_INTENSITIES", "make_phantom_pair", "make_phantom_dataset"]
 

@@ -42,7 +42,11 @@ class MeanTeacherHandler(EMAHandler):
     """
 
     def __init__(
-        self, model: nn.Module, alpha: float = 0.99, handle_buffers: str = "copy", event: Any = Events.ITERATION_COMPLETED
+        self,
+        model: nn.Module,
+        alpha: float = 0.99,
+        handle_buffers: str = "copy",
+        event: Any = Events.ITERATION_COMPLETED,
     ) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
             raise ValueError(f"alpha must be a float in (0, 1), got {alpha!r}.")
@@ -55,7 +59,9 @@ class MeanTeacherHandler(EMAHandler):
         """The EMA model."""
         return self.ema_model
 
-    def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = False, event: Any = None) -> None:  # type: ignore[override]
+    def attach(
+        self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = False, event: Any = None
+    ) -> None:  # type: ignore[override]
         """Register the update for ``event`` (default: the constructor's) unless already attached."""
         if not engine.has_event_handler(self._update_ema_model, event or self.event):
             super().attach(engine, name=name, warn_if_exists=warn_if_exists, event=event or self.event)

@@ -24,7 +24,9 @@ def uncertain_fraction(uncertainty: torch.Tensor, tau: float) -> torch.Tensor:
         (B,) fractions in [0, 1].
     """
     if not isinstance(uncertainty, torch.Tensor) or uncertainty.ndim < 2:
-        raise ValueError(f"Expecting an uncertainty map (B, C, ...), got {getattr(uncertainty, 'shape', type(uncertainty))}.")
+        raise ValueError(
+            f"Expecting an uncertainty map (B, C, ...), got {getattr(uncertainty, 'shape', type(uncertainty))}."
+        )
     return (uncertainty > tau).flatten(1).float().mean(dim=1)
 
 

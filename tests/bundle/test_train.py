@@ -54,7 +54,8 @@ def test_every_variant_trains(tmp_path, method, caplog):
     wf = _workflow(tmp_path, method)
     stats = [
         h
-        for h in wf.parser.get_parsed_content("train#common_handlers") + wf.parser.get_parsed_content("validate#handlers")
+        for h in wf.parser.get_parsed_content("train#common_handlers")
+        + wf.parser.get_parsed_content("validate#handlers")
         if isinstance(h, StatsHandler)
     ]
     for h in stats:  # MONAI's stats loggers do not propagate to the root logger that caplog watches
@@ -137,7 +138,12 @@ def test_datalist_base_dir_confines_paths(tmp_path):
     outside.write_bytes(b"")
     data = tmp_path / "data"
     data.mkdir()
-    item = {"fixed_image": "../outside.nii.gz", "moving_image": "m.nii.gz", "fixed_label": "a.nii.gz", "moving_label": "b.nii.gz"}
+    item = {
+        "fixed_image": "../outside.nii.gz",
+        "moving_image": "m.nii.gz",
+        "fixed_label": "a.nii.gz",
+        "moving_label": "b.nii.gz",
+    }
     (data / "datalist.json").write_text(json.dumps({"training": [item], "validation": [], "test": []}))
     wf = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),

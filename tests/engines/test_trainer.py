@@ -10,7 +10,12 @@ from monai.losses import DiffusionLoss
 from mtreg_monai.engines import RegistrationEvents, RegistrationTrainer, loss_terms, per_pair
 from mtreg_monai.networks import MCVoxelMorph
 
-SMALL = {"encoder_channels": (4, 8, 8, 8), "decoder_channels": (8, 8, 8, 8), "refine_channels": (8,), "final_channels": (4, 4)}
+SMALL = {
+    "encoder_channels": (4, 8, 8, 8),
+    "decoder_channels": (8, 8, 8, 8),
+    "refine_channels": (8,),
+    "final_channels": (4, 4),
+}
 SIZE = (16, 16, 16)
 
 

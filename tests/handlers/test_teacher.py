@@ -28,7 +28,9 @@ def test_teacher_is_ema_of_student():
     handler.attach(engine)
     expected = [p.detach().clone() for p in student.parameters()]
     snapshots = []
-    engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: snapshots.append([p.detach().clone() for p in student.parameters()]))
+    engine.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda e: snapshots.append([p.detach().clone() for p in student.parameters()])
+    )
     data = [torch.randn(4, 3) for _ in range(5)]
     engine.run(data, max_epochs=1)
     # independent expectation: t_k = 0.9 t_{k-1} + 0.1 s_k, t_0 = s_0

@@ -10,7 +10,12 @@ from mtreg_monai.engines import RegistrationEvents
 from mtreg_monai.handlers import MCUncertaintyHandler, coefficient_of_variation
 from mtreg_monai.networks import MCVoxelMorph
 
-SMALL = {"encoder_channels": (4, 8, 8, 8), "decoder_channels": (8, 8, 8, 8), "refine_channels": (8,), "final_channels": (4, 4)}
+SMALL = {
+    "encoder_channels": (4, 8, 8, 8),
+    "decoder_channels": (8, 8, 8, 8),
+    "refine_channels": (8,),
+    "final_channels": (4, 4),
+}
 
 
 def test_coefficient_of_variation_known_values():
@@ -29,7 +34,10 @@ def test_floor_guards_zero_mean():
     assert torch.equal(u0, torch.zeros_like(u0))
 
 
-@pytest.mark.parametrize("samples,floor,match", [(torch.zeros(1, 1, 1), 0.1, "At least 2"), (torch.zeros(3, 1, 1), 0.0, "floor"), (torch.zeros(3), 0.1, "shape")])
+@pytest.mark.parametrize(
+    "samples,floor,match",
+    [(torch.zeros(1, 1, 1), 0.1, "At least 2"), (torch.zeros(3, 1, 1), 0.0, "floor"), (torch.zeros(3), 0.1, "shape")],
+)
 def test_ill_args(samples, floor, match):
     with pytest.raises(ValueError, match=match):
         coefficient_of_variation(samples, floor)

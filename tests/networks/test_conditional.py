@@ -6,7 +6,12 @@ import torch
 from mtreg_monai.networks import MCVoxelMorph
 from mtreg_monai.networks.blocks import ConditionalInstanceNorm, WeightMappingNetwork
 
-SMALL = {"encoder_channels": (4, 8, 8, 8), "decoder_channels": (8, 8, 8, 8), "refine_channels": (8,), "final_channels": (4, 4)}
+SMALL = {
+    "encoder_channels": (4, 8, 8, 8),
+    "decoder_channels": (8, 8, 8, 8),
+    "refine_channels": (8,),
+    "final_channels": (4, 4),
+}
 SIZE = (32, 32, 32)  # instance normalisation needs more than one voxel at 1/16 resolution
 
 

@@ -6,7 +6,12 @@ import torch
 from mtreg_monai.networks import MCDropoutVoxelMorphUNet, MCVoxelMorph, mc_dropout_mode
 
 SIZE = (32, 32, 16)
-SMALL = {"encoder_channels": (4, 8, 8, 8), "decoder_channels": (8, 8, 8, 8), "refine_channels": (8,), "final_channels": (4, 4)}
+SMALL = {
+    "encoder_channels": (4, 8, 8, 8),
+    "decoder_channels": (8, 8, 8, 8),
+    "refine_channels": (8,),
+    "final_channels": (4, 4),
+}
 
 TEST_CASES_SHAPE = [
     ({}, (1, 2, *SIZE), (1, 3, *SIZE)),
@@ -63,7 +68,10 @@ def test_diffeomorphic_mc_sample_matches_forward():
     torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("scope,stochastic_parts", [("head", ()), ("decoder", ("decoder", "refine", "final")), ("all", ("encoder", "decoder", "refine", "final"))])
+@pytest.mark.parametrize(
+    "scope,stochastic_parts",
+    [("head", ()), ("decoder", ("decoder", "refine", "final")), ("all", ("encoder", "decoder", "refine", "final"))],
+)
 def test_passes_differ_only_where_dropout_acts(scope, stochastic_parts):
     net = MCDropoutVoxelMorphUNet(dropout=0.5, dropout_scope=scope, **SMALL).eval()
     outputs: dict[str, list[torch.Tensor]] = {}

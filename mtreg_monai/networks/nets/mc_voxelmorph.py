@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution, DVF2DDF
+from monai.networks.blocks import DVF2DDF, Convolution
 from monai.utils import look_up_option
 
 from mtreg_monai.networks.blocks.conditional import ConditionalInstanceNorm, WeightMappingNetwork
@@ -163,7 +163,9 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         if isinstance(condition_dim, bool) or not isinstance(condition_dim, int) or condition_dim < 0:
             raise ValueError(f"condition_dim must be a non-negative int, got {condition_dim!r}.")
         self.condition_dim = condition_dim
-        decoder_side = [layer[0].conv.out_channels for part in (self.decoder, self.refine, self.final) for layer in part]
+        decoder_side = [
+            layer[0].conv.out_channels for part in (self.decoder, self.refine, self.final) for layer in part
+        ]
         self.conditioning = nn.ModuleList(
             [ConditionalInstanceNorm(c_out, condition_dim) for c_out in decoder_side] if condition_dim else []
         )
@@ -305,7 +307,7 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
         samples = []
         for i in range(b):  # one convolution per pair: its N masks become N groups of output channels
-            w = (weight.unsqueeze(0) * masks[i].reshape(num_samples, 1, c, *([1] * self.spatial_dims)))
+            w = weight.unsqueeze(0) * masks[i].reshape(num_samples, 1, c, *([1] * self.spatial_dims))
             w = w.reshape(num_samples * out, c, *weight.shape[2:])
             s = conv(y[i : i + 1], w, bias.repeat(num_samples), padding=self.head.padding)
             samples.append(s.reshape(num_samples, out, *y.shape[2:]))
@@ -385,7 +387,9 @@ class MCVoxelMorph(nn.Module):
             if reg_weight is not None:
                 raise ValueError("reg_weight is only accepted by a conditional network (conditional=True).")
             return None
-        weight = torch.as_tensor(self.inference_reg_weight if reg_weight is None else reg_weight, dtype=x.dtype).reshape(-1)
+        weight = torch.as_tensor(
+            self.inference_reg_weight if reg_weight is None else reg_weight, dtype=x.dtype
+        ).reshape(-1)
         weight = weight.to(x.device).reshape(-1).expand(x.shape[0]) if weight.numel() == 1 else weight.to(x.device)
         if weight.shape != (x.shape[0],):
             raise ValueError(f"reg_weight must be a scalar or of shape ({x.shape[0]},), got {tuple(weight.shape)}.")
@@ -403,7 +407,9 @@ class MCVoxelMorph(nn.Module):
         """
         return self._to_ddf(self.backbone(x, self._code(x, reg_weight)))
 
-    def mc_sample(self, x: torch.Tensor, num_samples: int, reg_weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    def mc_sample(
+        self, x: torch.Tensor, num_samples: int, reg_weight: torch.Tensor | float | None = None
+    ) -> torch.Tensor:
         """
         ``num_samples`` Monte Carlo dropout displacements; see :meth:`MCDropoutVoxelMorphUNet.mc_sample`.
 
