@@ -25,9 +25,11 @@ import torch.nn.functional as F
 
 from mtreg_monai.utils import write_text_atomic
 
-from .phantom_anatomy import ORGAN_LABELS, TISSUES, anatomy_maps, draw_subject, motion_fields, resample
+from .phantom_anatomy import (
+    ORGAN_LABELS, TISSUES, FourierField, anatomy_maps, draw_subject, motion_fields, resample,
+)  # fmt: skip
 
-__all__ = ["CT_INTENSITIES", "MR_INTENSITIES", "make_phantom_pair", "make_phantom_dataset"]
+__all__ = ["CT_INTENSITIES", "MR_INTENSITIES", "PHANTOM_PRESETS", "make_phantom_pair", "make_phantom_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,18 @@ MR_INTENSITIES: dict[str, tuple[float, float]] = {
     "kidney_cortex": (480.0, 25.0), "kidney_medulla": (640.0, 30.0), "vessel": (60.0, 10.0),
     "liver_vessel": (110.0, 15.0), "bone_cortical": (40.0, 10.0), "bone_marrow": (420.0, 40.0), "disc": (600.0, 30.0),
     "csf": (950.0, 30.0), "bowel": (480.0, 60.0), "bowel_gas": (20.0, 5.0),
+}  # fmt: skip
+#: generator settings of the two phantom presets (keyword arguments of :func:`make_phantom_pair`). ``easy`` is the
+#: quick-start's (smooth organs and motion); ``hard`` adds voxel-scale folds, sliding organ boundaries, larger and
+#: less smooth motion, stronger texture with a non-monotonic CT-MR relation, and more bias and noise. Design and
+#: calibration (SyN's gain on it) in ``docs/data.md``.
+PHANTOM_PRESETS: dict[str, dict[str, Any]] = {
+    "easy": dict(breathing_amplitude=(6.5, 12.0), deformation_amplitude=4.0, deformation_spacing=40.0,
+                 bias_field_strength=0.25, mr_noise=20.0, ct_noise=12.0, fold_amplitude=0.0, fold_length=6.0,
+                 sliding=None, texture_scale=1.0, nonmonotonic_texture=False),
+    "hard": dict(breathing_amplitude=(18.0, 28.0), deformation_amplitude=6.0, deformation_spacing=32.0,
+                 bias_field_strength=0.4, mr_noise=30.0, ct_noise=15.0, fold_amplitude=0.25, fold_length=6.0,
+                 sliding=(3.0, 32.0), texture_scale=1.5, nonmonotonic_texture=True),
 }  # fmt: skip
 _CODE = 32  # tissue id + _CODE * label: both warped by one nearest-neighbour resampling
 
@@ -114,6 +128,11 @@ def make_phantom_pair(
     ct_noise: float = 12.0,
     ct_intensities: Mapping[str, tuple[float, float]] = CT_INTENSITIES,
     mr_intensities: Mapping[str, tuple[float, float]] = MR_INTENSITIES,
+    fold_amplitude: float = 0.0,
+    fold_length: float = 6.0,
+    sliding: Sequence[float] | None = None,
+    texture_scale: float = 1.0,
+    nonmonotonic_texture: bool = False,
 ) -> dict[str, np.ndarray]:
     """One synthetic subject: fixed MR and moving CT with labels, in memory.
 
@@ -138,6 +157,18 @@ def make_phantom_pair(
         ct_noise: standard deviation of the Gaussian CT noise, HU.
         ct_intensities: (mean, texture sd) per tissue of ``TISSUES``, HU.
         mr_intensities: (mean, texture sd) per tissue of ``TISSUES``, MR units.
+        fold_amplitude: amplitude (fraction of the organ's size) of a second, short-range random perturbation of
+            every organ surface: folds and thin protrusions at the voxel scale. 0 (default) adds none.
+        fold_length: correlation length (mm) of those folds.
+        sliding: ``(lateral_mm, cranio_caudal_mm)`` smoothing of organ masks that carry the breathing motion, for
+            sliding organ boundaries; ``None`` (default) keeps the smooth Gaussian blend
+            (see :func:`~mtreg_monai.data.phantom_anatomy.motion_fields`).
+        texture_scale: multiplies every tissue's texture standard deviation in both modalities.
+        nonmonotonic_texture: the MR texture is ``(t^2 - 1) / sqrt(2)`` of the CT texture ``t`` (same unit
+            variance, no monotonic relation between the two images within a tissue).
+
+    The hard-preset options draw their random numbers from a stream spawned from ``seed``, so with their
+    defaults the images are those of earlier versions, draw for draw.
 
     Returns:
         numpy arrays: ``fixed_image`` (MR) and ``moving_image`` (CT), float32 (H, W, D); ``fixed_label`` and
@@ -167,6 +198,13 @@ def make_phantom_pair(
     deformation_spacing = _check_number(deformation_spacing, "deformation_spacing", 1e-3)
     bias_field_strength = _check_number(bias_field_strength, "bias_field_strength")
     mr_noise, ct_noise = _check_number(mr_noise, "mr_noise"), _check_number(ct_noise, "ct_noise")
+    fold_amplitude = _check_number(fold_amplitude, "fold_amplitude")
+    fold_length = _check_number(fold_length, "fold_length", 1e-3)
+    texture_scale = _check_number(texture_scale, "texture_scale")
+    if sliding is not None:
+        if isinstance(sliding, (str, bytes)) or not isinstance(sliding, Sequence) or len(sliding) != 2:
+            raise ValueError(f"sliding must be None or (lateral_mm, cranio_caudal_mm), got {sliding!r}.")
+        sliding = tuple(_check_number(v, "sliding", 1e-3) for v in sliding)
     ct_mean, ct_sd = _table(ct_intensities, "ct_intensities")
     mr_mean, mr_sd = _table(mr_intensities, "mr_intensities")
     rng = _rng(seed)
@@ -174,8 +212,14 @@ def make_phantom_pair(
     axes = [(torch.arange(n, dtype=torch.float32) - (n - 1) / 2) * sp for n, sp in zip(size, spacing)]
     with torch.no_grad(), _single_thread():
         s = draw_subject(rng)
+        if fold_amplitude > 0:
+            extra = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+            for o in s["organs"].values():
+                o["fold"], o["fold_field"] = fold_amplitude, FourierField(extra, fold_length, 48)
         amplitude = rng.uniform(low, high)
-        motion, inverse = motion_fields(s, axes, amplitude, deformation_amplitude, deformation_spacing, rng)
+        motion, inverse = motion_fields(
+            s, axes, amplitude, deformation_amplitude, deformation_spacing, rng, sliding
+        )  # fmt: skip
         sp = torch.tensor(spacing).view(3, 1, 1, 1)
         motion, inverse = motion / sp, inverse / sp  # mm -> voxels
         tissue, label = anatomy_maps(s, axes)
@@ -184,11 +228,12 @@ def make_phantom_pair(
         m_tissue, m_label = moved % _CODE, moved // _CODE
         texture = _smooth(torch.from_numpy(rng.standard_normal(size, dtype=np.float32))) / 0.2296
         m_texture = resample(texture[None], motion, "bilinear")[0]
-        mr = _smooth(mr_mean[tissue.long()] + mr_sd[tissue.long()] * texture)
+        mr_texture = (texture.square() - 1) / np.sqrt(2.0) if nonmonotonic_texture else texture
+        mr = _smooth(mr_mean[tissue.long()] + texture_scale * mr_sd[tissue.long()] * mr_texture)
         mr = mr * torch.exp(bias_field_strength * s["bias"](*axes))
         n1, n2 = (torch.from_numpy(rng.standard_normal(size, dtype=np.float32)) for _ in range(2))
         mr = torch.sqrt((mr + mr_noise * n1) ** 2 + (mr_noise * n2) ** 2)
-        ct = _smooth(ct_mean[m_tissue.long()] + ct_sd[m_tissue.long()] * m_texture)
+        ct = _smooth(ct_mean[m_tissue.long()] + texture_scale * ct_sd[m_tissue.long()] * m_texture)
         ct = ct + ct_noise * torch.from_numpy(rng.standard_normal(size, dtype=np.float32))
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = [-(n - 1) / 2 * sp for n, sp in zip(size, spacing)]
@@ -197,6 +242,16 @@ def make_phantom_pair(
         "moving_label": m_label.numpy(), "fixed_tissue": tissue.numpy(), "moving_tissue": m_tissue.numpy(),
         "motion": motion.numpy(), "ddf": inverse.numpy(), "affine": affine,
     }  # fmt: skip
+
+
+def _json_number(value: Any, name: str) -> Any:
+    """A generator setting as it is recorded in the datalist (None, bool, a float or a list of floats)."""
+    if value is None or isinstance(value, bool):
+        return value
+    try:
+        return np.asarray(value, dtype=float).tolist()
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a sequence of numbers, got {value!r}.") from None
 
 
 def _save(array: np.ndarray, affine: np.ndarray, path: str) -> None:
@@ -216,13 +271,10 @@ def make_phantom_dataset(
     num_val: int | None = None,
     num_test: int | None = None,
     datalist_name: str = "dataset.json",
-    breathing_amplitude: Sequence[float] = (6.5, 12.0),
-    deformation_amplitude: float = 4.0,
-    deformation_spacing: float = 40.0,
-    bias_field_strength: float = 0.25,
-    mr_noise: float = 20.0,
-    ct_noise: float = 12.0,
+    preset: str = "easy",
     reuse_existing: bool = False,
+    save_true_ddf: bool = True,
+    **generator_kwargs: Any,
 ) -> str:
     """Write ``num_pairs`` synthetic CT-MR pairs as NIfTI files and a datalist JSON; return the JSON's path.
 
@@ -232,7 +284,12 @@ def make_phantom_dataset(
     with a RAS affine of spacing ``field_of_view / spatial_size`` mm. The JSON, written last, holds
     ``{"training": [...], "validation": [...], "test": [...]}`` (pairs in that order), each item with keys
     ``fixed_image``, ``moving_image``, ``fixed_label``, ``moving_label`` (paths relative to the JSON's folder),
-    plus descriptive keys (``name``, ``description``, ``modality``, ``labels``, ``spacing``, ...).
+    plus descriptive keys (``name``, ``description``, ``modality``, ``labels``, ``spacing``, ...). With
+    ``save_true_ddf``, each item also has ``true_ddf``: ``ddfTr/phantom_XXXX.nii.gz``, the generating displacement
+    in the network's convention (:func:`make_phantom_pair`'s ``ddf``: voxels, on the fixed grid,
+    ``warped(x) = moving(x + ddf(x))``), stored (H, W, D, 3) float32 with channel i along spatial axis i, so
+    ``LoadImaged("true_ddf", ensure_channel_first=True)`` gives (3, H, W, D). Evaluation ignores the key; the
+    uncertainty-versus-error benchmark reads it.
 
     Args:
         out_dir: output folder, created when missing; existing files of the same names are overwritten.
@@ -243,11 +300,14 @@ def make_phantom_dataset(
         num_val: validation pairs; default ``num_pairs // 8`` (at least 1 when ``num_pairs >= 3``).
         num_test: test pairs; same default as ``num_val``. ``num_val + num_test`` must not exceed ``num_pairs``.
         datalist_name: file name of the JSON inside ``out_dir``.
-        breathing_amplitude, deformation_amplitude, deformation_spacing, bias_field_strength, mr_noise, ct_noise:
-            see :func:`make_phantom_pair`.
+        preset: ``"easy"`` (the quick-start's) or ``"hard"``, a key of :data:`PHANTOM_PRESETS`: the generator
+            settings of every pair.
+        generator_kwargs: keyword arguments of :func:`make_phantom_pair` (``breathing_amplitude``,
+            ``deformation_amplitude``, ``mr_noise``, ...) that override the preset's.
         reuse_existing: when the datalist already exists in ``out_dir`` and was written by this function with
             the same arguments (its ``"generator"`` record), return it without generating anything. The bundle
             uses this so that only its first run generates the data.
+        save_true_ddf: also write each pair's true displacement and the ``true_ddf`` key (see above).
 
     Raises:
         ValueError: when a count, size or seed is invalid, or the split does not fit into ``num_pairs``.
@@ -279,6 +339,12 @@ def make_phantom_dataset(
     fov = _check_size(field_of_view, "field_of_view", integer=False, minimum=1e-3)
     out_dir = os.fspath(out_dir)
     path = os.path.join(out_dir, datalist_name)
+    if preset not in PHANTOM_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PHANTOM_PRESETS)}, got {preset!r}.")
+    unknown = sorted(set(generator_kwargs) - set(PHANTOM_PRESETS[preset]))
+    if unknown:
+        raise ValueError(f"unknown generator arguments {unknown}; expected some of {sorted(PHANTOM_PRESETS[preset])}.")
+    settings = {**PHANTOM_PRESETS[preset], **generator_kwargs}
     generator = {
         "num_pairs": int(num_pairs),
         "spatial_size": list(size),
@@ -286,12 +352,9 @@ def make_phantom_dataset(
         "field_of_view": list(fov),
         "num_val": split["num_val"],
         "num_test": split["num_test"],
-        "breathing_amplitude": [float(a) for a in np.atleast_1d(breathing_amplitude)],
-        "deformation_amplitude": float(deformation_amplitude),
-        "deformation_spacing": float(deformation_spacing),
-        "bias_field_strength": float(bias_field_strength),
-        "mr_noise": float(mr_noise),
-        "ct_noise": float(ct_noise),
+        "preset": preset,
+        **{k: _json_number(v, k) for k, v in settings.items()},
+        "save_true_ddf": bool(save_true_ddf),
     }
     if reuse_existing and os.path.isfile(path):
         try:
@@ -302,24 +365,24 @@ def make_phantom_dataset(
         if previous == generator:
             logger.info("reusing the phantom dataset %s", path)
             return path
-    for sub in ("imagesTr", "labelsTr"):
+    for sub in ("imagesTr", "labelsTr", "ddfTr") if save_true_ddf else ("imagesTr", "labelsTr"):
         os.makedirs(os.path.join(out_dir, sub), exist_ok=True)
     items = []
     for i in range(num_pairs):
-        pair = make_phantom_pair(
-            size, (seed, i), fov, breathing_amplitude, deformation_amplitude, deformation_spacing,
-            bias_field_strength, mr_noise, ct_noise,
-        )  # fmt: skip
+        pair = make_phantom_pair(size, (seed, i), fov, **settings)
         item = {}
         for role, suffix in (("fixed", "0000"), ("moving", "0001")):
             for kind, folder in (("image", "imagesTr"), ("label", "labelsTr")):
                 rel = f"{folder}/phantom_{i:04d}_{suffix}.nii.gz"
                 _save(pair[f"{role}_{kind}"], pair["affine"], os.path.join(out_dir, rel))
                 item[f"{role}_{kind}"] = rel
+        if save_true_ddf:
+            item["true_ddf"] = f"ddfTr/phantom_{i:04d}.nii.gz"
+            _save(np.moveaxis(pair["ddf"], 0, -1), pair["affine"], os.path.join(out_dir, item["true_ddf"]))
         items.append(item)
     n_train = num_pairs - split["num_val"] - split["num_test"]
     datalist = {
-        "name": "mtreg_monai synthetic abdominal CT-MR phantom",
+        "name": f"mtreg_monai synthetic abdominal CT-MR phantom ({preset} preset)",
         "description": "intra-patient pairs: fixed = MR (T2-weighted-like), moving = CT (portal venous) after "
         "breathing-like motion; see mtreg_monai.data.make_phantom_dataset",
         "modality": {"fixed": "MR", "moving": "CT"},

@@ -108,6 +108,18 @@ def resample(vol: torch.Tensor, disp: torch.Tensor, mode: str) -> torch.Tensor:
     return F.grid_sample(vol[None], grid[None], mode=mode, padding_mode="border", align_corners=True)[0]
 
 
+def _box_smooth(vol: torch.Tensor, widths_mm: Sequence[float], grid_mm: float) -> torch.Tensor:
+    """Two passes of a separable box filter of about ``widths_mm`` per axis over ``vol`` (X, Y, Z) on a grid of
+    ``grid_mm`` mm (a width <= 0 leaves that axis alone); borders averaged over the voxels inside only."""
+    out = vol[None, None]
+    ks = [2 * max(1, round(w / grid_mm / 2)) + 1 if w > 0 else 1 for w in widths_mm]
+    for _ in range(2):
+        for axis, k in enumerate(ks):
+            kernel = tuple(k if a == axis else 1 for a in range(3))
+            out = F.avg_pool3d(out, kernel, 1, tuple(kk // 2 for kk in kernel), count_include_pad=False)
+    return out[0, 0]
+
+
 def draw_subject(rng: np.random.Generator) -> dict[str, Any]:
     """Random anatomy of one subject (a fixed number of draws, independent of the image grid)."""
     var, body = SUBJECT_VARIATION, BODY
@@ -189,6 +201,8 @@ def anatomy_maps(s: dict[str, Any], axes: list[torch.Tensor]) -> tuple[torch.Ten
         xb, yb, zb = (a[sl] for a, sl in zip(axes, box))
         g = 1 - o["taper"] * (1 - u.clamp(-1, 1)) / 2
         pert = o["roughness"] * o["field"](xb, yb, zb)
+        if o.get("fold", 0.0) > 0:  # the hard preset's voxel-scale folds of the surface
+            pert = pert + o["fold"] * o["fold_field"](xb, yb, zb)
         inside = torch.sqrt(u**2 + ((v - o["taper"] * (1 - u) / 2) / g) ** 2 + (w / g) ** 2) + pert < 1
         if "kidney" not in name:
             inside &= zb[None, None, :] < dome[box[0], box[1]]
@@ -238,6 +252,7 @@ def motion_fields(
     deformation_amplitude: float,
     deformation_spacing: float,
     rng: np.random.Generator,
+    sliding: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generating motion of subject ``s`` and its inverse, both (3, X, Y, Z) in mm on the grid of ``axes``.
 
@@ -247,26 +262,40 @@ def motion_fields(
     ``deformation_spacing`` mm and standard deviation ``deformation_amplitude`` mm, trilinearly interpolated and
     box-smoothed twice with the lattice spacing). ``inverse`` solves ``inverse(x) = -motion(x + inverse(x))`` by
     fixed-point iteration. Both are built on a ``MOTION_MODEL["grid_mm"]`` grid and interpolated trilinearly.
+
+    With ``sliding = (lateral_mm, cranio_caudal_mm)`` (the hard preset) the organ blend uses the organs' own masks
+    instead of Gaussians: ``sum_o b_o M_o / (background + sum_o M_o)`` with ``M_o`` the organ's mask smoothed by a
+    box of ``lateral_mm`` across (x, y) and ``cranio_caudal_mm`` along z, so each organ moves as one piece and the
+    tissue beside it hardly at all, then smoothed once more along z. The
+    motion is cranio-caudal, so a sharp lateral edge is a sliding (shear) boundary that does not fold, while the
+    long smoothing along z keeps ``1 + du_z/dz`` positive. The motion grid is then 2 mm.
     """
     ext = [(float(a[0]), float(a[-1])) for a in axes]
-    n_c = [max(2, round((hi - lo) / MOTION_MODEL["grid_mm"]) + 1) for lo, hi in ext]
+    grid_mm = MOTION_MODEL["grid_mm"] if sliding is None else min(MOTION_MODEL["grid_mm"], 2.0)
+    n_c = [max(2, round((hi - lo) / grid_mm) + 1) for lo, hi in ext]
     c = [torch.linspace(lo, hi, n) for (lo, hi), n in zip(ext, n_c)]
     x, y, z = c[0][:, None, None], c[1][None, :, None], c[2][None, None, :]
-    num, den = torch.zeros(()), torch.full((), MOTION_MODEL["background"])
-    for name, o in s["organs"].items():
-        g = torch.exp(-0.5 * sum(((q - m) / a) ** 2 for q, m, a in zip((x, y, z), o["center"], o["semi_axes"])))
-        num, den = num + BREATHING_WEIGHTS[name] * g, den + g
+    if sliding is None:
+        num, den = torch.zeros(()), torch.full((), MOTION_MODEL["background"])
+        for name, o in s["organs"].items():
+            g = torch.exp(-0.5 * sum(((q - m) / a) ** 2 for q, m, a in zip((x, y, z), o["center"], o["semi_axes"])))
+            num, den = num + BREATHING_WEIGHTS[name] * g, den + g
+    else:
+        _, organ = anatomy_maps(s, c)
+        weight = torch.zeros(n_c)
+        for name, value in ORGAN_LABELS.items():
+            weight = torch.where(organ == value, BREATHING_WEIGHTS[name], weight)
+        widths = [sliding[0], sliding[0], sliding[1]]
+        num = _box_smooth(weight, widths, grid_mm)
+        den = _box_smooth((organ > 0).float(), widths, grid_mm) + MOTION_MODEL["background"]
+        num, den = _box_smooth(num / den, [0.0, 0.0, sliding[1]], grid_mm), torch.ones(())
     anchor = 1 - torch.exp(-(x**2 + (y - s["spine_y"]) ** 2) / (2 * MOTION_MODEL["spine_radius_mm"] ** 2))
     motion = torch.zeros((3, *n_c))
     motion[2] = amplitude * num / den * anchor
     n_l = [max(2, math.ceil((hi - lo) / deformation_spacing) + 1) for lo, hi in ext]
     lattice = torch.from_numpy(rng.standard_normal((1, 3, *n_l)).astype(np.float32)) * deformation_amplitude
-    k = 2 * max(1, round(deformation_spacing / MOTION_MODEL["grid_mm"] / 2)) + 1
-    rand = F.interpolate(lattice, size=n_c, mode="trilinear", align_corners=True)
-    for _ in range(2):
-        for kernel in ((k, 1, 1), (1, k, 1), (1, 1, k)):
-            rand = F.avg_pool3d(rand, kernel, 1, tuple(kk // 2 for kk in kernel), count_include_pad=False)
-    motion = motion + rand[0]
+    rand = F.interpolate(lattice, size=n_c, mode="trilinear", align_corners=True)[0]
+    motion = motion + torch.stack([_box_smooth(r, [deformation_spacing] * 3, grid_mm) for r in rand])
     step = torch.tensor([(hi - lo) / (n - 1) for (lo, hi), n in zip(ext, n_c)]).view(3, 1, 1, 1)
     grad = [torch.gradient(motion[i] / step[i, 0, 0, 0], dim=(0, 1, 2)) for i in range(3)]
     jac = torch.stack([torch.stack([grad[i][j] + (i == j) for j in range(3)], -1) for i in range(3)], -2)

@@ -206,6 +206,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
         save_dir, save_dict, name, file_prefix, save_final, final_filename, save_key_metric, key_metric_name,
         key_metric_n_saved, key_metric_filename, key_metric_save_state, key_metric_greater_or_equal,
         key_metric_negative_sign, epoch_level, save_interval, n_saved: as :class:`monai.handlers.CheckpointSaver`.
+        key_metric_from_epoch: the key-metric checkpoint only considers validations at this training epoch or
+            later (the evaluator's ``state.epoch``, which MONAI's ``ValidationHandler`` sets to the trainer's), for
+            example the second half of training; default 1 (every validation, MONAI's behaviour).
 
     Example::
 
@@ -233,7 +236,13 @@ class AtomicCheckpointSaver(CheckpointSaver):
         epoch_level: bool = True,
         save_interval: int = 0,
         n_saved: int | None = None,
+        key_metric_from_epoch: int = 1,
     ) -> None:
+        if isinstance(key_metric_from_epoch, bool) or not isinstance(key_metric_from_epoch, int):
+            raise TypeError(f"key_metric_from_epoch must be an int, got {type(key_metric_from_epoch).__name__}.")
+        if key_metric_from_epoch < 1:
+            raise ValueError(f"key_metric_from_epoch must be >= 1, got {key_metric_from_epoch}.")
+        self.key_metric_from_epoch = key_metric_from_epoch
         super().__init__(
             save_dir=save_dir,
             save_dict=save_dict,
@@ -324,7 +333,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
         raise e
 
     def metrics_completed(self, engine: Engine) -> None:
-        """Save the key-metric checkpoint if the metric improved and the weights are finite."""
+        """Save the key-metric checkpoint if the metric improved, the epoch is at least ``key_metric_from_epoch``
+        and the weights are finite."""
+        if engine.state.epoch < self.key_metric_from_epoch:
+            self.logger.info(
+                f"Not considering epoch {engine.state.epoch} for the key-metric checkpoint in '{self.save_dir}': "
+                f"only epochs from {self.key_metric_from_epoch} on are (key_metric_from_epoch)."
+            )
+            return
         if self._finite("key-metric"):
             super().metrics_completed(engine)
 

@@ -127,7 +127,10 @@ def save_pair_figure(panels: Mapping[str, np.ndarray], path: str, cmaps: Mapping
     cmaps = dict(cmaps or {})
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
     for ax, (title, img) in zip(axes[0], panels.items()):
-        im = ax.imshow(np.rot90(img), cmap=cmaps.get(title, "gray"))
+        img = np.asarray(img, dtype=np.float64)
+        finite = img[np.isfinite(img)]
+        top = float(np.percentile(finite, 99.5)) if finite.size else None  # |sigma/mu| has a few huge values
+        im = ax.imshow(np.rot90(img), cmap=cmaps.get(title, "gray"), vmax=top)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
@@ -159,8 +162,8 @@ class RegistrationFigureHandler:
         output_path: str,
         uncertainty_network: nn.Module | None = None,
         num_samples: int = 6,
-        ddf_floor: float = 0.5,
-        image_floor: float = 0.1,
+        ddf_floor: float | None = None,
+        image_floor: float | None = None,
         device: str | torch.device | None = None,
     ) -> None:
         if num_samples < 2:

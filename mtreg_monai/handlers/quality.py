@@ -31,11 +31,11 @@ QC_COLUMNS = (
     "total_seconds",
     "folding_percent",
     "jacobian_std",
-    "mean_u_phi",
+    "median_u_phi",
     "uncertain_fraction_phi",
 )
 #: the columns that need Monte Carlo dropout passes; empty when the run computed no ``u_phi``.
-QC_MC_COLUMNS = ("mean_u_phi", "uncertain_fraction_phi")
+QC_MC_COLUMNS = ("median_u_phi", "uncertain_fraction_phi")
 
 
 def _file_names(engine: Engine, key: str, batch_size: int) -> list[str]:
@@ -77,8 +77,9 @@ class QualityControlHandler:
       image: reoriented, padded to multiples of 16), as
       :func:`~mtreg_monai.metrics.compute_folding_percentage` and :func:`~mtreg_monai.metrics.compute_jacobian_std`
       (NaN for a non-finite displacement);
-    - ``mean_u_phi``: the mean of the transformation uncertainty ``u_phi`` (:class:`MCUncertaintyHandler`,
-      coefficient of variation of the MC displacements) over its 3 channels and all voxels;
+    - ``median_u_phi``: the median of the transformation uncertainty ``u_phi`` (:class:`MCUncertaintyHandler`,
+      coefficient of variation of the MC displacements) over its 3 channels and all voxels (a median: with the
+      paper's ``|sigma / mu|`` a few voxels where the mean displacement is near 0 would dominate a mean);
     - ``uncertain_fraction_phi``: the fraction, in [0, 1], of the elements of ``u_phi`` (3 channels x voxels) above
       ``tau``, :func:`~mtreg_monai.handlers.uncertain_fraction`: with ``tau`` = the bundle's ``tau1`` this is exactly
       the fraction that sets the spatial weight ``lambda_phi = k1 * fraction`` in training
@@ -157,11 +158,11 @@ class QualityControlHandler:
         batch_size = ddf.shape[0]
         folding = compute_folding_percentage(ddf).cpu().tolist()
         jac_std = compute_jacobian_std(ddf).cpu().tolist()
-        mean_u: list[float | None] = [None] * batch_size
+        median_u: list[float | None] = [None] * batch_size
         fraction: list[float | None] = [None] * batch_size
         if self.uncertainty_key in out:
             u = torch.as_tensor(out[self.uncertainty_key]).detach().float()
-            mean_u = u.flatten(1).mean(dim=1).cpu().tolist()
+            median_u = u.flatten(1).median(dim=1).values.cpu().tolist()
             fraction = uncertain_fraction(u, self.tau).cpu().tolist()
         seconds = out.get(Keys.SECONDS)
         seconds = None if seconds is None else float(seconds) / batch_size
@@ -179,7 +180,7 @@ class QualityControlHandler:
                     "total_seconds": total / batch_size,
                     "folding_percent": float(folding[b]),
                     "jacobian_std": float(jac_std[b]),
-                    "mean_u_phi": mean_u[b],
+                    "median_u_phi": median_u[b],
                     "uncertain_fraction_phi": fraction[b],
                 }
             )

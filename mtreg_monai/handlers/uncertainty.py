@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
 from ignite.engine import Engine
@@ -16,35 +18,57 @@ __all__ = ["MCUncertaintyHandler", "coefficient_of_variation", "mc_predictions"]
 Keys = RegistrationKeys
 
 
-def coefficient_of_variation(samples: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Mean and guarded coefficient of variation ``|sigma / mu|`` over the first dim of ``samples``.
+def _check_floor(name: str, value: float | None) -> float | None:
+    """``None`` or a finite number > 0, as a float; else a ``ValueError`` naming ``name`` and the value."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be None (the paper's Eq. 4) or a finite number > 0, got {value!r}.")
+    return float(value)
 
-    ``sigma`` is the sample standard deviation (N - 1 in the denominator). The division is guarded by flooring
-    the magnitude of the mean: ``U = sigma / max(|mu|, floor)``. Where the mean is far from zero this is the
-    paper's ``|sigma / mu|``; where it is near zero (background, no motion) the floor turns it into
-    ``sigma / floor``, which is large only if the samples really disagree, so a still background is not counted
-    as uncertain merely because its mean is small.
+
+def coefficient_of_variation(
+    samples: torch.Tensor, floor: float | None = None, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    Mean and coefficient of variation ``U = |sigma / mu|`` over the first dim of ``samples`` (the paper's Eq. 4).
+
+    ``sigma`` is the sample standard deviation (N - 1 in the denominator), ``mu`` the sample mean, per element.
+
+    - ``floor=None`` (default, the paper): ``U = sigma / max(|mu|, eps)``. ``eps`` only prevents 0/0 and the
+      division by an exact zero: wherever ``|mu| >= eps`` the result is exactly ``|sigma / mu|``. Where ``mu`` is
+      (almost) zero and the samples disagree, ``U`` is large (up to ``sigma / eps``) but finite; where they agree
+      (``sigma = 0``) it is 0. No inf or NaN for finite samples.
+    - ``floor`` a number (a deviation from the paper): ``U = sigma / max(|mu|, floor)``. Where the mean is far
+      from zero this is still ``|sigma / mu|``; where it is near zero (background, no motion) it becomes
+      ``sigma / floor``, so a still background is not counted as uncertain merely because its mean is small.
 
     Args:
-        samples: (N, B, C, H, W, D) Monte Carlo samples, N >= 2.
-        floor: smallest denominator, > 0, in the unit of the samples (voxels for displacements, normalised
-            intensity for images).
+        samples: (N, B, C, H, W, D) Monte Carlo samples, N >= 2 (any number of trailing dims >= 1).
+        floor: ``None`` for Eq. 4, or the smallest denominator, a finite number > 0, in the unit of the samples
+            (voxels for displacements, normalised intensity for images).
+        eps: the guard of ``floor=None``, a finite number > 0 in the unit of the samples (1e-6: a millionth of
+            a voxel, or of the [0, 1] intensity range). Unused when ``floor`` is given.
 
     Returns:
-        ``(mean, u)``, both (B, C, H, W, D), in float32 or wider.
+        ``(mean, u)``, both (B, C, H, W, D), in float32 (for half-precision samples) or the samples' dtype.
+
+    Raises:
+        ValueError: ``samples`` is not a tensor with >= 3 dims or has N < 2; ``floor`` is neither ``None`` nor a
+            finite number > 0; ``eps`` is not a finite number > 0.
     """
     if not isinstance(samples, torch.Tensor) or samples.ndim < 3:
         raise ValueError(f"Expecting samples of shape (N, B, C, ...), got {getattr(samples, 'shape', type(samples))}.")
     if samples.shape[0] < 2:
         raise ValueError(f"At least 2 samples are needed for a standard deviation, got N={samples.shape[0]}.")
-    if not floor > 0:
-        raise ValueError(f"floor must be > 0, got {floor!r}.")
+    floor = _check_floor("floor", floor)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
     samples = samples.float() if samples.dtype in (torch.float16, torch.bfloat16) else samples
     # written out: torch.std_mean over the sample dim is ~30x slower on a CPU for these shapes
     mean = samples.mean(dim=0)
     std = (samples - mean).square_().sum(dim=0).div_(samples.shape[0] - 1).sqrt_()
-    return mean, std.div_(mean.abs().clamp_min(floor))
+    return mean, std.div_(mean.abs().clamp_min(float(eps) if floor is None else floor))
 
 
 def mc_predictions(
@@ -87,32 +111,43 @@ class MCUncertaintyHandler:
     N displacements ``phi_ti`` for the pair in ``engine.state.output`` and warps the moving image with each
     (``I_wti``). It adds to ``engine.state.output``:
 
-    - ``u_phi``: (B, 3, H, W, D) transformation uncertainty, ``|sigma/mu|`` of the displacements per voxel and
-      channel (see :func:`coefficient_of_variation` for the guard, ``ddf_floor`` in voxels);
-    - ``u_image``: (B, 1, H, W, D) appearance uncertainty of the warped images (``image_floor`` in normalised
-      intensity);
+    - ``u_phi``: (B, 3, H, W, D) transformation uncertainty, ``|sigma/mu|`` of the displacements (voxel units)
+      per voxel and channel (:func:`coefficient_of_variation`; dimensionless);
+    - ``u_image``: (B, 1, H, W, D) appearance uncertainty, ``|sigma/mu|`` of the warped images (dimensionless);
     - ``teacher_ddf`` and ``teacher_warped_image``: the MC means, the teacher's prediction used by the temporal
       consistency term (the mean of the samples already computed costs nothing, where a dropout-free pass would
       cost one more network evaluation; with dropout only before the head the two differ by the dropout noise
       averaged over N).
+
+    By default (both floors ``None``) the maps are the paper's Eq. 4, guarded only against division by an exact
+    zero: where the mean is ~0 (still background, zero intensity) and the samples disagree, ``U`` is large but
+    finite. Consumers should threshold it (``uncertain_fraction``) or take quantiles, not plain means. A floor
+    (``ddf_floor``, ``image_floor``) caps the ratio there (a deviation from the paper, see
+    :func:`coefficient_of_variation`).
 
     Everything is computed without gradients.
 
     Args:
         network: the teacher, e.g. ``MeanTeacherHandler(...).teacher``.
         num_samples: N >= 2 (the paper: 6).
-        ddf_floor: denominator floor of ``u_phi``, voxels, > 0.
-        image_floor: denominator floor of ``u_image``, intensity units, > 0.
+        ddf_floor: ``None`` (the paper's Eq. 4) or the denominator floor of ``u_phi``, voxels, > 0.
+        image_floor: ``None`` (the paper's Eq. 4) or the denominator floor of ``u_image``, normalised intensity
+            units, > 0.
         warp_mode: interpolation of the moving image.
         warp_padding_mode: padding outside the moving grid.
+
+    Example::
+
+        uncertainty = MCUncertaintyHandler(teacher_handler.teacher, num_samples=6)  # Eq. 4, no floors
+        uncertainty.attach(trainer)  # a RegistrationTrainer, which fires RegistrationEvents.TEACHER_PASS
     """
 
     def __init__(
         self,
         network: nn.Module,
         num_samples: int = 6,
-        ddf_floor: float = 0.5,
-        image_floor: float = 0.1,
+        ddf_floor: float | None = None,
+        image_floor: float | None = None,
         warp_mode: str = "bilinear",
         warp_padding_mode: str = "border",
     ) -> None:
@@ -120,13 +155,10 @@ class MCUncertaintyHandler:
             raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}.")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise ValueError(f"num_samples must be an int >= 2, got {num_samples!r}.")
-        for name, value in (("ddf_floor", ddf_floor), ("image_floor", image_floor)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a number > 0, got {value!r}.")
+        self.ddf_floor = _check_floor("ddf_floor", ddf_floor)
+        self.image_floor = _check_floor("image_floor", image_floor)
         self.network = network
         self.num_samples = num_samples
-        self.ddf_floor = float(ddf_floor)
-        self.image_floor = float(image_floor)
         self.warp = Warp(mode=warp_mode, padding_mode=warp_padding_mode)
 
     def attach(self, engine: Engine) -> None:

@@ -239,7 +239,7 @@ class MCSmoothnessWeight:
         num_samples: MC samples N >= 2 (the paper: 6).
         k: weight when every element is uncertain, >= 0 (the paper's k1 = 5).
         tau: uncertainty threshold >= 0 (the paper's 0.1).
-        ddf_floor: denominator floor of ``U_phi``, voxels, > 0.
+        ddf_floor: optional denominator floor of ``U_phi``, voxels, > 0; ``None`` (default) is the paper's Eq. 4.
 
     Example::
 
@@ -247,11 +247,13 @@ class MCSmoothnessWeight:
         >>> weight(inputs, network)  # (B,) tensor, inputs (B, 2, H, W, D) moving, fixed
     """
 
-    def __init__(self, num_samples: int = 6, k: float = 5.0, tau: float = 0.1, ddf_floor: float = 0.5) -> None:
+    def __init__(
+        self, num_samples: int = 6, k: float = 5.0, tau: float = 0.1, ddf_floor: float | None = None
+    ) -> None:
         self.num_samples = _check_number("num_samples", num_samples, 2, integer=True)
         self.k = float(_check_number("k", k, 0))
         self.tau = float(_check_number("tau", tau, 0))
-        self.ddf_floor = float(_check_number("ddf_floor", ddf_floor, 0, strict=True))
+        self.ddf_floor = None if ddf_floor is None else float(_check_number("ddf_floor", ddf_floor, 0, strict=True))
         self.warp = Warp(mode="bilinear", padding_mode="border")
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:

@@ -30,6 +30,15 @@ from mtreg_monai.metrics.registration import (
     finite_summary,
     registration_metric_keys,
 )
+from mtreg_monai.metrics.uncertainty_error import (
+    CHANNEL_REDUCTIONS,
+    CalibrationCurve,
+    UncertaintyErrorMetric,
+    calibration_curve,
+    rank_average,
+    registration_error,
+    spearman_correlation,
+)
 
 __all__ = [
     "JACOBIAN_METRICS",
@@ -51,4 +60,11 @@ __all__ = [
     "compute_registration_metrics",
     "finite_summary",
     "registration_metric_keys",
+    "CHANNEL_REDUCTIONS",
+    "CalibrationCurve",
+    "UncertaintyErrorMetric",
+    "calibration_curve",
+    "rank_average",
+    "registration_error",
+    "spearman_correlation",
 ]

@@ -3,7 +3,9 @@ writer and the orderings it reports (benchmarks/classical.py and benchmarks/tabl
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -128,3 +130,89 @@ def test_classical_tools_follow_the_displacement_convention(tool, module):
     pytest.importorskip(module, reason="optional benchmark dependency: pip install -e '.[benchmark]'")
     method = getattr(classical, tool)(spacing=(2.0, 2.75, 3.5), num_threads=1)
     assert min(classical.check_displacement_convention(method, size=(32, 32, 32))) > 0.5
+
+
+# ---------------------------------------------------------------- multi-seed test (issue 10): resume, seeds, stats
+def test_training_decision_reuse_resume_or_clean(tmp_path):
+    spec = {"overrides": {"method": "vm"}}
+    root = table1.run_dir(tmp_path, "vm_l3", 2)
+    assert root == tmp_path / "runs" / "seed2" / "vm_l3"
+    assert table1.run_dir(tmp_path, "vm_l3") == tmp_path / "runs" / "vm_l3"  # one seed: today's layout
+    cmd = table1.training_command(root, spec, {"seed": 2, "spatial_size": [32, 32, 32]})
+    assert cmd[cmd.index("--resume") + 1] == "False" and "[32, 32, 32]" in cmd
+    relaunch = table1.training_command(root, spec, {"seed": 2, "spatial_size": [32, 32, 32]}, resume=True)
+    assert relaunch[relaunch.index("--resume") + 1] == "True"
+    other = table1.training_command(root, spec, {"seed": 3, "spatial_size": [32, 32, 32]})
+    (root / "models").mkdir(parents=True)
+    assert table1.training_action(root, cmd) == "clean"  # nothing there
+    (root / "train_started.json").write_text(json.dumps({"command": cmd[1:]}))
+    assert table1.training_action(root, cmd) == "clean"  # started, but no epoch checkpoint to resume from
+    (root / "models" / "vm_checkpoint_epoch=3.pt").write_bytes(b"x")
+    assert table1.training_action(root, cmd) == "resume"  # interrupted with the same command
+    assert table1.training_action(root, other) == "clean"  # other settings
+    assert table1.training_action(root, cmd, retrain=True) == "clean"
+    (root / "train_done.json").write_text(json.dumps({"command": cmd[1:]}))
+    assert table1.training_action(root, cmd) == "reuse"  # finished: never redone
+    assert table1.training_action(root, other) == "clean"
+
+
+def test_common_overrides_share_one_dataset_across_seeds(tmp_path):
+    cfg = {"num_pairs": 4, "num_val": 1, "num_test": 1, "spatial_size": [32, 32, 32], "epochs": 1, "data_seed": 0}
+    seeds = [table1.common_overrides({**cfg, "seed": s}, tmp_path, per_seed=True) for s in (0, 1, 2)]
+    assert {o["phantom_dir"] for o in seeds} == {str(tmp_path / "phantom")}
+    assert [o["phantom#seed"] for o in seeds] == [0, 0, 0] and [o["seed"] for o in seeds] == [0, 1, 2]
+
+
+def test_pooled_paired_test_matches_seed_and_pair_with_effect_sizes():
+    # the same file names in two seeds are two pairs; differences (a - b, points): 1, 2, 3, -0.5, 4, 5
+    seed0 = {"a": _pairs([0.81, 0.82, 0.83]), "b": _pairs([0.80, 0.80, 0.80])}
+    seed1 = {"a": _pairs([0.795, 0.84, 0.85]), "b": _pairs([0.80, 0.80, 0.80]), "c": _pairs([0.1, 0.1, 0.1])}
+    t = table1.pooled_paired_test({0: seed0, 1: seed1}, "a", "b")
+    d = np.array([1.0, 2.0, 3.0, -0.5, 4.0, 5.0])
+    assert t["n"] == 6 and t["better_pairs"] == 5 and t["n_seeds"] == 2 and t["better_seeds"] == 2
+    assert t["mean_diff"] == pytest.approx(d.mean()) and t["cohen_dz"] == pytest.approx(d.mean() / d.std(ddof=1))
+    # ranks of |d|: 0.5 -> 1, 1 -> 2, ..., 5 -> 6; W- = 1, W+ = 20: (20 - 1) / 21
+    assert t["rank_biserial"] == pytest.approx(19 / 21)
+    assert t["wilcoxon_p"] == pytest.approx(4 / 64)  # exact, two-sided: W- or W+ in {0, 1}, 2 subsets each
+    assert t["seed_mean_diffs"] == {"0": pytest.approx(2.0), "1": pytest.approx(8.5 / 3)}
+    assert table1.verdict(t) == "**not distinguishable** (p = 0.062)"  # 6 pairs cannot reach p < 0.05 here
+    low = table1.pooled_paired_test({0: seed0}, "a", "b", "dice_mean", lower_is_better=True)
+    assert low["better_pairs"] == 0 and table1.pooled_paired_test({0: seed0, 1: seed1}, "a", "c")["n"] == 3
+
+
+def test_recorder_writes_seed_rows_and_the_pooled_last_checkpoint_first(tmp_path):
+    rows = {"initial": {"label": "Initial", "kind": "classical"}}
+    rec = table1.RunRecorder(tmp_path / "t_seeds", rows, tmp_path, per_seed=True)
+    for seed, v in ((0, 0.5), (1, 0.7)):
+        rec.add(seed, "final", "initial", [{"fixed": "f", "moving": "m", "dice_mean": str(v)}])
+    with open(tmp_path / "t_seeds_pairs.csv") as f:
+        assert [(r["seed"], r["checkpoint"], r["primary"]) for r in csv.DictReader(f)] == [
+            ("0", "final", "True"), ("1", "final", "True")]
+    with open(tmp_path / "t_seeds.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert [r["seed"] for r in summary] == ["0", "1", "all"]
+    assert float(summary[-1]["dice_mean_mean"]) == pytest.approx(60.0)
+    assert float(summary[-1]["dice_mean_seed_std"]) == pytest.approx(math.sqrt(200.0))
+
+
+def test_paper_side_by_side_keeps_printed_entries_and_averages_our_kidneys(tmp_path):
+    paper_table = _load("paper_table")
+    paper = tmp_path / "paper.csv"
+    paper.write_text("method,dice_liver_mean,dice_liver_std,dice_kidney_mean,dice_kidney_std,"
+                     "nonpositive_jacobian_percent,jacobian_std\n"
+                     "VM (AS+ATC),87.01,3.22,84.47,2.86,<0.0005,0.13\nDeeds,82.16,3.15,83.82,3.02,0.01,0.28\n")
+    ours = tmp_path / "ours.csv"
+    ours.write_text("seed,checkpoint,row,label,dice_liver_mean,dice_liver_std,dice_right_kidney_mean,"
+                    "dice_right_kidney_std,dice_left_kidney_mean,dice_left_kidney_std,folding_percent_mean\n"
+                    "all,best,as_atc,AS+ATC,1,1,1,1,1,1,1\n"
+                    "0,final,as_atc,AS+ATC,2,2,2,2,2,2,2\n"
+                    "all,final,as_atc,AS+ATC,90,3,80,2,90,4,0\n"
+                    "all,final,elastix,elastix,90,3,80,2,90,4,0\n")
+    text = paper_table.side_by_side_markdown(ours, paper)
+    lines = text.splitlines()
+    assert len(lines) == 3 and "Deeds" not in text and "elastix" not in text
+    assert "| 87.01 ± 3.22 / 90.00 ± 3.00 |" in lines[2]  # the pooled last-checkpoint line
+    assert "84.47 ± 2.86 / 85.00 ± 3.00" in lines[2]  # kidney: mean of right and left
+    assert "<0.0005 / 0.000" in lines[2]  # as printed
+    shipped = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper_table1.csv"
+    assert "VM (AS+ATC)" in shipped.read_text()

@@ -136,3 +136,25 @@ def test_multi_gpu_workflow_properties(datalist, tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "MISSING=[]" in proc.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    "num_train, overrides, expected",
+    [
+        (30, {}, (20, 2, 5)),  # the quick-start: 600 steps of 30 pairs
+        (8, {}, (75, 7, 18)),  # the hard preset's 8 pairs: the same budget in more epochs
+        (8, {"num_steps": 100, "batch_size": 3}, (34, 3, 8)),  # 3 steps per epoch
+        (8, {"epochs": 5}, (5, 1, 1)),  # an explicit epochs overrides the budget
+    ],
+)
+def test_schedule_from_step_budget(tmp_path, num_train, overrides, expected):
+    """``epochs``, ``val_interval`` and ``lr_decay_epochs`` follow ``num_steps`` and the number of training pairs."""
+    items = [{f"{r}_{k}": f"{r}{i}_{k}.nii.gz" for r in ("fixed", "moving") for k in ("image", "label")}
+             for i in range(num_train)]  # fmt: skip
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": items, "validation": [], "test": []}))
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "datalist": str(path), **overrides})
+    got = tuple(parser.get_parsed_content(k) for k in ("epochs", "val_interval", "lr_decay_epochs"))
+    assert got == expected

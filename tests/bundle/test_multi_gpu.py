@@ -141,10 +141,10 @@ def test_ranks_end_with_identical_student_and_teacher(ddp_run):
     assert any(not torch.equal(r0["teacher"][k], r0["student"][k]) for k in r0["student"])  # an EMA, not a copy
     # the checkpoint holds the unwrapped student (no "module." prefix) and the teacher, as the ranks end
     final = torch.load(out.parent / "bundle" / "models_rank0" / "model_final.pt", weights_only=True)
-    for part, key in (("student", "model"), ("teacher", "teacher")):
-        assert final[key].keys() == r0[part].keys()
-        for k, v in final[key].items():
-            assert torch.equal(v, r0[part][k]), f"checkpoint {key} {k}"
+    for part, weights in (("student", final["model"]), ("teacher", final["teacher"]["ema_model"])):
+        assert weights.keys() == r0[part].keys()
+        for k, v in weights.items():
+            assert torch.equal(v, r0[part][k]), f"checkpoint {part} {k}"
 
 
 def test_sampler_gives_each_rank_its_own_pairs(ddp_run):

@@ -129,7 +129,7 @@ def test_resume_continues_epochs_and_teacher(tmp_path):
 
     wf2.run()
     assert seen["epoch"] == 2 and trainer.state.iteration == 4 and trainer.state.epoch == 2
-    for k, v in saved["teacher"].items():
+    for k, v in saved["teacher"]["ema_model"].items():
         torch.testing.assert_close(seen["teacher"][k], v)
 
 

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImaged
 from monai.networks.blocks import Warp
 
 from mtreg_monai.data import ORGAN_LABELS, TISSUES, make_phantom_dataset, make_phantom_pair
+from mtreg_monai.data.phantom import PHANTOM_PRESETS
 
 SIZE = (48, 48, 32)
 FOV = (176.0, 176.0, 128.0)
@@ -168,7 +170,7 @@ def test_dataset(tmp_path):
     with open(path) as f:
         datalist = json.load(f)
     assert [len(datalist[k]) for k in ("training", "validation", "test")] == [2, 1, 1]
-    keys = {"fixed_image", "moving_image", "fixed_label", "moving_label"}
+    keys = {"fixed_image", "moving_image", "fixed_label", "moving_label", "true_ddf"}
     items = datalist["training"] + datalist["validation"] + datalist["test"]
     assert all(set(item) == keys for item in items)
     root = os.path.dirname(path)
@@ -177,14 +179,18 @@ def test_dataset(tmp_path):
         for key, rel in item.items():
             assert not os.path.isabs(rel) and ".." not in rel
             image = nib.load(os.path.join(root, rel))
-            np.testing.assert_allclose(image.header.get_zooms(), np.array(FOV) / np.array(size), rtol=1e-6)
+            np.testing.assert_allclose(image.header.get_zooms()[:3], np.array(FOV) / np.array(size), rtol=1e-6)
             np.testing.assert_allclose(image.affine, pair["affine"], atol=1e-5)
             data = np.asarray(image.dataobj)
             assert data.dtype == (np.uint8 if "label" in key else np.float32)
-            np.testing.assert_array_equal(data, pair[key])
+            expected = np.moveaxis(pair["ddf"], 0, -1) if key == "true_ddf" else pair[key]
+            np.testing.assert_array_equal(data, expected)
     # MONAI's reader resolves the relative paths
     loaded = load_decathlon_datalist(path, data_list_key="validation", base_dir=root)
     assert os.path.isfile(loaded[0]["moving_image"])
+    # MONAI's loader gives the true displacement channel-first, as the network outputs it
+    true_ddf = LoadImaged("true_ddf", ensure_channel_first=True)(loaded[0])["true_ddf"]
+    np.testing.assert_array_equal(np.asarray(true_ddf), make_phantom_pair(size, seed=(3, 2))["ddf"])
 
 
 def test_default_split(tmp_path):
@@ -206,3 +212,46 @@ def test_reuse_existing(tmp_path):
     )
     with open(other) as f:
         assert json.load(f)["generator"]["seed"] == 4  # different arguments: regenerated
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([2 * ((a == v) & (b == v)).sum() / max((a == v).sum() + (b == v).sum(), 1) for v in (1, 2, 3, 4)]))
+
+
+def test_easy_preset_is_the_default_generator():
+    assert make_phantom_pair.__kwdefaults__ is None  # all defaults are positional-or-keyword
+    p = make_phantom_pair((16, 16, 16), seed=5)
+    q = make_phantom_pair((16, 16, 16), seed=5, **PHANTOM_PRESETS["easy"])
+    for key in p:
+        np.testing.assert_array_equal(p[key], q[key])
+
+
+def test_hard_preset_is_harder_and_its_truth_holds():
+    size, seeds = (48, 48, 32), [(0, i) for i in range(3)]
+    easy = [make_phantom_pair(size, seed=s) for s in seeds]
+    hard = [make_phantom_pair(size, seed=s, **PHANTOM_PRESETS["hard"]) for s in seeds]
+    unregistered = {n: np.mean([_dice(p["moving_label"], p["fixed_label"]) for p in ps]) for n, ps in
+                    (("easy", easy), ("hard", hard))}  # fmt: skip
+    assert unregistered["hard"] < unregistered["easy"] - 0.08
+    warp = Warp(mode="nearest", padding_mode="border")
+    for p in hard:
+        assert jacobian_determinant(p["ddf"]).min() > 0  # large, sliding motion, but no folding
+        warped = warp(torch.from_numpy(p["moving_label"])[None, None].float(), torch.from_numpy(p["ddf"])[None])
+        assert _dice(warped[0, 0].numpy(), p["fixed_label"]) > _dice(p["moving_label"], p["fixed_label"]) + 0.1
+
+
+def test_sliding_motion_has_sharp_lateral_edges():
+    """The hard preset's breathing shift changes across an organ's side within a few mm (a sliding boundary)."""
+    kw = {k: v for k, v in PHANTOM_PRESETS["hard"].items() if k != "sliding"}
+    size = (64, 64, 16)
+    smooth = make_phantom_pair(size, seed=2, **kw)["motion"][2]
+    sliding = make_phantom_pair(size, seed=2, **{**kw, "sliding": PHANTOM_PRESETS["hard"]["sliding"]})["motion"][2]
+    lateral = [np.abs(np.diff(m, axis=a)).max() for m in (smooth, sliding) for a in (0, 1)]
+    assert max(lateral[2:]) > 2 * max(lateral[:2])
+
+
+@pytest.mark.parametrize("kwargs, match", [({"preset": "medium"}, "preset"), ({"wobble": 1.0}, "wobble"),
+                                            ({"sliding": (1.0,)}, "sliding"), ({"texture_scale": -1.0}, "texture")])
+def test_ill_preset_args(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_phantom_dataset(tmp_path, num_pairs=1, spatial_size=(16, 16, 16), num_val=0, num_test=0, **kwargs)

@@ -290,3 +290,29 @@ def test_safe_loader_max_epochs_names_file(tmp_path):
     trainer2.state.max_epochs = 2
     with pytest.raises(ValueError, match=r"Epoch count \(3\) in checkpoint '.*model.pt'"):
         SafeCheckpointLoader(str(tmp_path / "model.pt"), {"trainer": trainer2})(trainer2)
+
+
+def test_key_metric_from_epoch(tmp_path):
+    """Only validations from ``key_metric_from_epoch`` on can become the best checkpoint (the second half)."""
+    model = nn.Linear(2, 1)
+    evaluator = Engine(lambda e, b: None)
+    scores = {1: 0.9, 2: 0.6, 3: 0.7, 4: 0.65}  # the best overall (epoch 1) is in the first half
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metric(engine):
+        engine.state.metrics = {"dice": scores[engine.state.epoch]}
+
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_name="dice",
+                                  key_metric_filename="model.pt", key_metric_from_epoch=3)  # fmt: skip
+    saver.attach(evaluator)
+    seen = []
+    evaluator.set_data(range(1))
+    for epoch in scores:  # as MONAI's Evaluator.run(global_epoch): one epoch numbered as the trainer's
+        evaluator.state.epoch, evaluator.state.max_epochs = epoch - 1, epoch
+        evaluator.state.epoch_length = 1
+        evaluator.run()
+        seen.append(os.path.exists(tmp_path / "model.pt"))
+    assert seen == [False, False, True, True]
+    assert [p for p, _ in saver.state_dict()["_saved"]] == [0.7]
+    with pytest.raises(ValueError, match="key_metric_from_epoch"):
+        AtomicCheckpointSaver(str(tmp_path), {"model": model}, save_key_metric=True, key_metric_from_epoch=0)

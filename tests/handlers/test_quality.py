@@ -26,7 +26,7 @@ def _fold() -> torch.Tensor:
 
 
 def _u_phi() -> torch.Tensor:
-    """0.3 on a quarter of the elements, 0.05 elsewhere: mean 0.1125, fraction above 0.1 = 0.25."""
+    """0.3 on a quarter of the elements, 0.05 elsewhere: median 0.05, fraction above 0.1 = 0.25."""
     u = torch.full((3, *SHAPE), 0.05)
     u[:, :2] = 0.3
     return u
@@ -62,9 +62,9 @@ def test_known_values_with_uncertainty(tmp_path):
     ]
     zero, fold = engine.state.quality_control
     assert zero["folding_percent"] == 0.0 and zero["jacobian_std"] == 0.0
-    assert zero["mean_u_phi"] == 0.0 and zero["uncertain_fraction_phi"] == 0.0
+    assert zero["median_u_phi"] == 0.0 and zero["uncertain_fraction_phi"] == 0.0
     assert fold["folding_percent"] == 100.0 and fold["jacobian_std"] == pytest.approx(0.0, abs=1e-6)
-    assert fold["mean_u_phi"] == pytest.approx(0.1125) and fold["uncertain_fraction_phi"] == pytest.approx(0.25)
+    assert fold["median_u_phi"] == pytest.approx(0.05) and fold["uncertain_fraction_phi"] == pytest.approx(0.25)
     # the same definition as the training-time weight: AdaptiveWeightHandler's fraction of u_phi above tau1
     assert fold["uncertain_fraction_phi"] == pytest.approx(uncertain_fraction(_u_phi()[None], 0.1).item())
     assert zero["seconds"] == fold["seconds"] == 0.25  # the batch's 0.5 s shared by its 2 pairs

@@ -18,29 +18,67 @@ SMALL = {
 }
 
 
-def test_coefficient_of_variation_known_values():
-    samples = torch.tensor([1.0, 2.0, 3.0]).reshape(3, 1, 1, 1)
-    mean, u = coefficient_of_variation(samples, floor=0.1)
-    assert mean.item() == pytest.approx(2.0)
-    assert u.item() == pytest.approx(0.5)  # sample std 1 (N - 1), |mu| 2
+# (samples along the first dim, floor, expected U): analytic answers, sample std with N - 1
+CV_CASES = [
+    ([1.0, 2.0, 3.0], None, 0.5),  # mu 2, sigma 1: Eq. 4
+    ([1.0, 2.0, 3.0], 0.1, 0.5),  # a floor below |mu| changes nothing
+    ([-3.0, -2.0, -1.0], None, 0.5),  # |sigma / mu|: the sign of the mean does not matter
+    ([-1.0, 1.0], 2.0, math.sqrt(2) / 2.0),  # floored: sigma / floor where |mu| < floor
+    ([0.1, 0.2, 0.3], 0.5, 0.2),  # floored although Eq. 4 would give 0.5
+]
 
 
-def test_floor_guards_zero_mean():
-    samples = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1)
-    _, u = coefficient_of_variation(samples, floor=2.0)
-    assert u.item() == pytest.approx(math.sqrt(2) / 2.0)
-    still = torch.zeros(4, 1, 1, 8)  # still background: mean 0, std 0 -> not uncertain
-    _, u0 = coefficient_of_variation(still, floor=0.5)
-    assert torch.equal(u0, torch.zeros_like(u0))
+@pytest.mark.parametrize("values,floor,expected", CV_CASES)
+def test_coefficient_of_variation_known_values(values, floor, expected):
+    samples = torch.tensor(values).reshape(len(values), 1, 1, 1)
+    mean, u = coefficient_of_variation(samples, floor=floor)
+    assert mean.item() == pytest.approx(sum(values) / len(values))
+    assert u.item() == pytest.approx(expected)
+
+
+def test_default_is_eq4_exactly():
+    torch.manual_seed(0)
+    samples = torch.randn(6, 2, 3, 4, 4, 4, dtype=torch.float64) + 3.0  # means far from 0
+    mean, u = coefficient_of_variation(samples)
+    torch.testing.assert_close(u, (samples.std(dim=0) / samples.mean(dim=0)).abs())
+    assert u.shape == mean.shape == (2, 3, 4, 4, 4)
+
+
+def test_zero_mean_is_large_and_finite():
+    samples = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1)  # mu exactly 0, sigma sqrt(2)
+    _, u = coefficient_of_variation(samples)
+    assert torch.isfinite(u).all()
+    assert u.item() == pytest.approx(math.sqrt(2) / 1e-6)
+    _, u_eps = coefficient_of_variation(samples, eps=1e-3)
+    assert u_eps.item() == pytest.approx(math.sqrt(2) / 1e-3)
+    still = torch.zeros(4, 1, 1, 8)  # still background: mean 0, std 0 -> 0, not 0/0
+    for floor in (None, 0.5):
+        _, u0 = coefficient_of_variation(still, floor=floor)
+        assert torch.equal(u0, torch.zeros_like(u0))
+
+
+def test_half_precision_is_computed_in_float32():
+    samples = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1).half()
+    mean, u = coefficient_of_variation(samples)
+    assert u.dtype == mean.dtype == torch.float32 and torch.isfinite(u).all()  # 1.4e6 > float16 max
 
 
 @pytest.mark.parametrize(
-    "samples,floor,match",
-    [(torch.zeros(1, 1, 1), 0.1, "At least 2"), (torch.zeros(3, 1, 1), 0.0, "floor"), (torch.zeros(3), 0.1, "shape")],
+    "samples,kwargs,match",
+    [
+        (torch.zeros(1, 1, 1), {}, "At least 2"),
+        (torch.zeros(3), {}, "shape"),
+        (torch.zeros(3, 1, 1), {"floor": 0.0}, "floor must be None .* got 0.0"),
+        (torch.zeros(3, 1, 1), {"floor": -1.0}, "floor"),
+        (torch.zeros(3, 1, 1), {"floor": float("inf")}, "floor"),
+        (torch.zeros(3, 1, 1), {"floor": "0.5"}, "floor"),
+        (torch.zeros(3, 1, 1), {"floor": True}, "floor"),
+        (torch.zeros(3, 1, 1), {"eps": 0.0}, "eps"),
+    ],
 )
-def test_ill_args(samples, floor, match):
+def test_ill_args(samples, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        coefficient_of_variation(samples, floor)
+        coefficient_of_variation(samples, **kwargs)
 
 
 def _run(handler: MCUncertaintyHandler, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
@@ -79,11 +117,35 @@ def test_no_dropout_no_uncertainty():
     assert out["u_phi"].max() < 1e-5 and out["u_image"].max() < 1e-5
 
 
+def test_floors_default_to_eq4_and_still_work():
+    torch.manual_seed(0)
+    net = MCVoxelMorph(dropout=0.3, **SMALL).eval()
+    with torch.no_grad():
+        net.backbone.head.weight.normal_(0, 0.05)
+    assert MCUncertaintyHandler(net).ddf_floor is None and MCUncertaintyHandler(net).image_floor is None
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    torch.manual_seed(1)
+    eq4 = _run(MCUncertaintyHandler(net, num_samples=4), moving, fixed)
+    torch.manual_seed(1)  # the same dropout masks
+    floored = _run(MCUncertaintyHandler(net, num_samples=4, ddf_floor=0.5, image_floor=0.1), moving, fixed)
+    torch.testing.assert_close(eq4["teacher_ddf"], floored["teacher_ddf"])
+    for key in ("u_phi", "u_image"):
+        assert torch.isfinite(eq4[key]).all()
+        assert (floored[key] <= eq4[key] * (1 + 1e-6)).all()  # a floor only lowers U
+    # small displacements (|mu| < 0.5 voxel) are floored: sigma / 0.5 there
+    mu = eq4["teacher_ddf"].abs()
+    small = mu < 0.5
+    assert small.any()
+    torch.testing.assert_close(floored["u_phi"][small], (eq4["u_phi"] * mu.clamp_min(1e-6) / 0.5)[small])
+
+
 def test_ill_opts():
     net = MCVoxelMorph(**SMALL)
     with pytest.raises(ValueError, match="num_samples"):
         MCUncertaintyHandler(net, num_samples=1)
-    with pytest.raises(ValueError, match="ddf_floor"):
+    with pytest.raises(ValueError, match="ddf_floor must be None .* got 0"):
         MCUncertaintyHandler(net, ddf_floor=0)
+    with pytest.raises(ValueError, match="image_floor .* got -0.1"):
+        MCUncertaintyHandler(net, image_floor=-0.1)
     with pytest.raises(TypeError, match="network"):
         MCUncertaintyHandler("net")
