@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from mtreg_monai.utils import write_text_atomic
 
 from .phantom_anatomy import (
-    ORGAN_LABELS, TISSUES, FourierField, anatomy_maps, draw_subject, motion_fields, resample,
+    ORGAN_LABELS,
+    TISSUES,
+    FourierField,
+    anatomy_maps,
+    draw_subject,
+    motion_fields,
+    resample,
 )  # fmt: skip
 
 __all__ = ["CT_INTENSITIES", "MR_INTENSITIES", "PHANTOM_PRESETS", "make_phantom_pair", "make_phantom_dataset"]

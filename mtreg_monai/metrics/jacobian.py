@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 from monai.metrics import CumulativeIterationMetric
-from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, look_up_option
+
+from .reduction import aggregate_per_pair
 
 __all__ = [
     "JACOBIAN_METRICS",
@@ -362,11 +363,5 @@ class JacobianMetric(CumulativeIterationMetric):
         Raises:
             ValueError: when nothing has been buffered.
         """
-        data = self.get_buffer()
-        if not isinstance(data, torch.Tensor):
-            raise ValueError(f"JacobianMetric has no buffered values to aggregate, got {type(data).__name__}.")
-        f, not_nans = do_metric_reduction(data, reduction or self.reduction)
-        # MONAI reduces a group with no valid value to 0; a mean of nothing is NaN
-        f = torch.where(not_nans > 0, f, torch.full_like(f, float("nan")))
-        return (f, not_nans) if self.get_not_nans else f
+        return aggregate_per_pair(self, reduction)
 

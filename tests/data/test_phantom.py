@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 from monai.data import load_decathlon_datalist
-from monai.transforms import LoadImaged
 from monai.networks.blocks import Warp
+from monai.transforms import LoadImaged
 
 from mtreg_monai.data import ORGAN_LABELS, TISSUES, make_phantom_dataset, make_phantom_pair
 from mtreg_monai.data.phantom import PHANTOM_PRESETS
@@ -215,7 +215,8 @@ def test_reuse_existing(tmp_path):
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.mean([2 * ((a == v) & (b == v)).sum() / max((a == v).sum() + (b == v).sum(), 1) for v in (1, 2, 3, 4)]))
+    overlaps = [2 * ((a == v) & (b == v)).sum() / max((a == v).sum() + (b == v).sum(), 1) for v in (1, 2, 3, 4)]
+    return float(np.mean(overlaps))
 
 
 def test_easy_preset_is_the_default_generator():
