@@ -28,14 +28,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+
+from mtreg_monai.metrics import finite_summary
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from table1 import (  # noqa: E402
     CLASSICAL_ROWS,
     METRIC_COLUMNS,
     ROOT,
+    column_values,
     evaluate_row,
     make_dataset,
     replace_section,
@@ -116,14 +118,12 @@ def main() -> None:
                 records = list(csv.DictReader(f))
             for r in records:
                 pair_records.append({"row": name, **{c: r.get(c, "") for c in ["fixed_image", *METRIC_COLUMNS]}})
-            values = {c: np.asarray([float(r[c]) for r in records if r.get(c) not in ("", None)]) for c in
-                      METRIC_COLUMNS}  # fmt: skip
+            values = {c: finite_summary(column_values(records, c)) for c in METRIC_COLUMNS}
             label = spec["label"] + (f" + refinement ({steps} steps)" if steps else "")
             label += ", MC-uncertainty weight" if mc_weight else ""
             rec: dict[str, Any] = {"row": name, "label": label, "pairs": len(records)}
-            for c, v in values.items():
-                rec[c] = float(np.nanmean(v)) if v.size else float("nan")
-                rec[c + "_sd"] = float(np.nanstd(v)) if v.size else float("nan")
+            for c, s in values.items():  # the project's one rule: finite values, sample std (n - 1)
+                rec[c], rec[c + "_sd"] = s.mean, s.std
             if row in trained:
                 rec["train_seconds"], rec["train_steps"] = trained[row]["train_seconds"], trained[row]["steps"]
             summary.append(rec)

@@ -68,6 +68,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtreg_monai.metrics import finite_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_info, run_measured  # noqa: E402
@@ -316,7 +318,7 @@ class RunRecorder:
                                  "peak_rss_mib": float(max(t.get("peak_rss_mib", math.nan) for t in times))}
                            } if times else {}
                 (rec,) = summarise({row: self.rows[row]}, pooled, trained)
-                means = [float(np.nanmean(_values(by_seed[s][row], "dice_mean"))) * 100.0 for s in seeds]
+                means = [float(np.nanmean(column_values(by_seed[s][row], "dice_mean"))) * 100.0 for s in seeds]
                 vals = [r["val_dice"] for r in table if r["row"] == row and r["checkpoint"] == ck
                         and r["seed"] != "all" and r.get("val_dice") is not None]
                 rec["val_dice"] = float(np.mean(vals)) if vals else None
@@ -589,7 +591,7 @@ METRIC_COLUMNS = ["dice_liver", "dice_spleen", "dice_right_kidney", "dice_left_k
                   "jacobian_std", "seconds"]
 
 
-def _values(pair_rows: Sequence[Mapping[str, Any]], col: str) -> np.ndarray:
+def column_values(pair_rows: Sequence[Mapping[str, Any]], col: str) -> np.ndarray:
     return np.asarray([float(r[col]) for r in pair_rows if col in r and r[col] not in ("", None)], dtype=np.float64)
 
 
@@ -617,12 +619,10 @@ def summarise(rows, pairs, trained, out: Path | None = None, checkpoint: str = "
     table = []
     for row, spec in rows.items():
         rec: dict[str, Any] = {"row": row, "label": spec["label"], "n_pairs": len(pairs[row])}
-        rec["n_finite_dice"] = int(np.isfinite(_values(pairs[row], "dice_mean")).sum())
+        rec["n_finite_dice"] = int(np.isfinite(column_values(pairs[row], "dice_mean")).sum())
         for col in METRIC_COLUMNS:
-            v = _values(pairs[row], col)
-            v = v[np.isfinite(v)] * (100.0 if col.startswith("dice_") else 1.0)
-            rec[f"{col}_mean"] = float(v.mean()) if v.size else math.nan
-            rec[f"{col}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+            s = finite_summary(column_values(pairs[row], col) * (100.0 if col.startswith("dice_") else 1.0))
+            rec[f"{col}_mean"], rec[f"{col}_std"] = s.mean, s.std
         tr = trained.get(row, {})
         rec["train_seconds"] = tr.get("train_seconds", math.nan)
         rec["train_steps"] = tr.get("steps", 0)
@@ -1051,7 +1051,7 @@ def plot_uncertainty(out: Path, overrides: Mapping[str, Any], pair: Mapping[str,
     import matplotlib.pyplot as plt
     from monai.networks.blocks import Warp
 
-    from mtreg_monai.handlers import load_checkpoint
+    from mtreg_monai.handlers import MeanTeacherHandler, load_checkpoint
     from mtreg_monai.handlers.uncertainty import coefficient_of_variation, mc_predictions
     from mtreg_monai.handlers.weighting import uncertain_fraction
 
@@ -1060,7 +1060,7 @@ def plot_uncertainty(out: Path, overrides: Mapping[str, Any], pair: Mapping[str,
                                             "device": torch.device("cpu")})
     net = parser.get_parsed_content("network_def")
     ckpt = load_checkpoint(root / "models" / "model_final.pt", map_location="cpu")
-    net.load_state_dict(ckpt["teacher"]["ema_model"])
+    net.load_state_dict(MeanTeacherHandler.teacher_weights(ckpt["teacher"]))
     n = int(parser.get_parsed_content("num_mc_samples"))
     moving = torch.as_tensor(pair["moving"])[None]
     fixed = torch.as_tensor(pair["fixed"])[None]

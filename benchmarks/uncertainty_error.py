@@ -50,6 +50,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mtreg_monai.metrics import finite_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment_info  # noqa: E402
@@ -198,7 +200,7 @@ def score_setting(name: str, spec: Mapping[str, Any], overrides: Mapping[str, An
     """Per-pair Spearman correlations and pooled calibration curves of one trained setting's teacher."""
     from monai.networks.blocks import Warp
 
-    from mtreg_monai.handlers import load_checkpoint
+    from mtreg_monai.handlers import MeanTeacherHandler, load_checkpoint
     from mtreg_monai.handlers.uncertainty import mc_predictions
     from mtreg_monai.metrics import calibration_curve, compute_label_dice, registration_error, spearman_correlation
 
@@ -211,8 +213,7 @@ def score_setting(name: str, spec: Mapping[str, Any], overrides: Mapping[str, An
     ckpt = load_checkpoint(ckpt_path, map_location=device)
     if "teacher" not in ckpt:
         raise ValueError(f"checkpoint '{ckpt_path}' has no 'teacher' entry (keys {sorted(ckpt)}).")
-    teacher = ckpt["teacher"]  # the MeanTeacherHandler's state ({"ema_model", "num_updates"}) or, before, the weights
-    net.load_state_dict(teacher["ema_model"] if isinstance(teacher.get("ema_model"), Mapping) else teacher)
+    net.load_state_dict(MeanTeacherHandler.teacher_weights(ckpt["teacher"]))
     num_samples = int(parser.get_parsed_content("num_mc_samples"))
     floors = {"phi": parser.get_parsed_content("ddf_floor"), "image": parser.get_parsed_content("image_floor")}
     labels = parser.get_parsed_content("label_map")
@@ -261,10 +262,8 @@ def score_setting(name: str, spec: Mapping[str, Any], overrides: Mapping[str, An
     for col in rows[0]:
         if col in ("setting", "pair"):
             continue
-        v = np.asarray([r[col] for r in rows], dtype=np.float64)
-        v = v[np.isfinite(v)]
-        summary[f"{col}_mean"] = float(v.mean()) if v.size else math.nan
-        summary[f"{col}_std"] = float(v.std(ddof=1)) if v.size > 1 else math.nan
+        s = finite_summary([r[col] for r in rows])
+        summary[f"{col}_mean"], summary[f"{col}_std"] = s.mean, s.std
     return {"pairs": rows, "calibration": calibration, "summary": summary, "num_mc_samples": num_samples,
             "floors": floors, "checkpoint": str(ckpt_path)}
 

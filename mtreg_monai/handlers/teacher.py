@@ -111,6 +111,13 @@ class MeanTeacherHandler(EMAHandler):
         """``{"ema_model": the teacher's weights, "num_updates": int}``."""
         return {"ema_model": self.ema_model.state_dict(), "num_updates": self.num_updates}
 
+    @staticmethod
+    def teacher_weights(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The teacher network's weights in a checkpoint's ``teacher`` entry: :meth:`state_dict`'s ``ema_model``,
+        or the entry itself when it holds weights only (checkpoints of earlier versions)."""
+        weights = state_dict.get("ema_model")
+        return weights if isinstance(weights, Mapping) else state_dict
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> None:
         """
         Load the teacher's weights and update count.
@@ -127,17 +134,18 @@ class MeanTeacherHandler(EMAHandler):
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}.")
-        if isinstance(state_dict.get("ema_model"), Mapping):
+        weights = self.teacher_weights(state_dict)
+        if weights is not state_dict:
             count = state_dict.get("num_updates", None)
             if isinstance(count, torch.Tensor) and count.numel() == 1 and not count.is_floating_point():
                 count = int(count.item())
             if isinstance(count, bool) or not isinstance(count, int) or count < 0:
                 raise ValueError(f"state_dict['num_updates'] must be an int >= 0, got {count!r}.")
-            self.ema_model.load_state_dict(state_dict["ema_model"], strict=strict)
+            self.ema_model.load_state_dict(weights, strict=strict)
             self.num_updates = count
             return
         # weights only (saved by an earlier version, or the state of self.teacher)
-        self.ema_model.load_state_dict(state_dict, strict=strict)
+        self.ema_model.load_state_dict(weights, strict=strict)
         self.num_updates = max(self.num_updates, math.ceil(1.0 / self.momentum))  # momentum_at() == 1 - alpha
         if self.warmup:
             logger.warning(

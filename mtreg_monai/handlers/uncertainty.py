@@ -22,9 +22,13 @@ def _check_floor(name: str, value: float | None) -> float | None:
     """``None`` or a finite number > 0, as a float; else a ``ValueError`` naming ``name`` and the value."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+    if not _is_positive_number(value):
         raise ValueError(f"{name} must be None (the paper's Eq. 4) or a finite number > 0, got {value!r}.")
     return float(value)
+
+
+def _is_positive_number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def coefficient_of_variation(
@@ -62,7 +66,7 @@ def coefficient_of_variation(
     if samples.shape[0] < 2:
         raise ValueError(f"At least 2 samples are needed for a standard deviation, got N={samples.shape[0]}.")
     floor = _check_floor("floor", floor)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and eps > 0):
+    if not _is_positive_number(eps):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}.")
     samples = samples.float() if samples.dtype in (torch.float16, torch.bfloat16) else samples
     # written out: torch.std_mean over the sample dim is ~30x slower on a CPU for these shapes
