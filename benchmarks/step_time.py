@@ -3,12 +3,15 @@
 Run (figures in docs/performance.md)::
 
     python benchmarks/step_time.py --methods vm as_atc --steps 30 --threads 2
+    python benchmarks/step_time.py --methods vm as_atc \
+        --variant as_atc_decoder '{"method": "as_atc", "dropout_scope": "decoder"}'   # a variant with its overrides
 
 Each variant's trainer is built from ``bundle/configs/train.json`` with ``--method <variant>`` (nothing else
 changed: same network, losses, handlers, data pipeline), on a small phantom dataset at ``--spatial_size``. The
 variants run interleaved in rounds of ``--steps`` iterations after ``--warmup`` iterations, and the median
 per-iteration wall time (ITERATION_STARTED -> ITERATION_COMPLETED, validation excluded) is reported, with its
-ratio to the first variant.
+ratio to the first variant. ``--variant NAME JSON`` (repeatable) adds a variant named ``NAME`` with its own bundle
+overrides (which must include ``"method"``), on top of ``--override``.
 """
 
 from __future__ import annotations
@@ -38,32 +41,43 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--override", default="{}", help="JSON dict of extra config overrides")
     ap.add_argument("--json", default="", help="write the results to this JSON file")
+    ap.add_argument("--variant", nargs=2, action="append", default=[], metavar=("NAME", "JSON"),
+                    help="an extra variant: its name and a JSON dict of bundle overrides including 'method'")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     extra = json.loads(args.override)
-    results: dict[str, list[float]] = {m: [] for m in args.methods}
+    variants = {m: {"method": m} for m in args.methods}
+    for name, value in args.variant:
+        ov = json.loads(value)
+        if not isinstance(ov, dict) or "method" not in ov or name in variants:
+            raise ValueError(f"--variant {name}: expecting a new name and a JSON dict with 'method', got {value!r}.")
+        variants[name] = ov
+    names = list(variants)
+    results: dict[str, list[float]] = {m: [] for m in names}
     with tempfile.TemporaryDirectory() as tmp:
         loaders = {}
-        for m in args.methods:
-            loaders[m] = make_step_runner(m, tmp, args.spatial_size, extra)
+        for m in names:
+            loaders[m] = make_step_runner(m, tmp, args.spatial_size, {**extra, **variants[m]})
             loaders[m](args.warmup)
         for _ in range(args.rounds):
-            for m in args.methods:
+            for m in names:
                 results[m] += loaders[m](args.steps)
-    base = statistics.median(results[args.methods[0]])
+    base = statistics.median(results[names[0]])
     rows = []
     print(f"spatial_size {args.spatial_size}, threads {args.threads}, {args.rounds} x {args.steps} steps per variant")
-    print(f"{'method':<10} {'s/step (median)':>16} {'ratio to ' + args.methods[0]:>14}")
-    for m in args.methods:
+    print(f"{'variant':<16} {'s/step (median)':>16} {'ratio to ' + names[0]:>14}")
+    for m in names:
         med = statistics.median(results[m])
-        rows.append({"method": m, "seconds_per_step": med, "ratio": med / base, "steps": len(results[m])})
-        print(f"{m:<10} {med:>16.3f} {med / base:>14.2f}")
+        rows.append({"method": m, "overrides": variants[m], "seconds_per_step": med, "ratio": med / base,
+                     "steps": len(results[m])})
+        print(f"{m:<16} {med:>16.3f} {med / base:>14.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 
 
 def make_step_runner(method: str, workdir: str, spatial_size: list[int], extra: dict):
-    """A function ``run(n) -> per-step seconds`` that trains ``n`` more iterations of ``method``'s trainer."""
+    """A function ``run(n) -> per-step seconds`` that trains ``n`` more iterations of ``method``'s trainer
+    (``method`` also names the variant's folder; ``extra`` may override the method itself)."""
     parser = ConfigParser()
     parser.read_config(str(ROOT / "bundle" / "configs" / "train.json"))
     overrides = {

@@ -29,6 +29,7 @@ from .run_identity import (
 )
 from .teacher import MeanTeacherHandler
 from .uncertainty import MCUncertaintyHandler, coefficient_of_variation, mc_predictions
+from .validation import FinalEpochValidationHandler
 from .weighting import AdaptiveWeightHandler, RandomRegWeightHandler, uncertain_fraction
 from .writer import RAS_TO_LPS, RegistrationWriter, ddf_to_world
 
@@ -46,6 +47,7 @@ __all__ = [
     "engine_progress",
     "FAILURE_COLUMNS",
     "FailureReportHandler",
+    "FinalEpochValidationHandler",
     "fingerprint_differences",
     "fingerprint_digest",
     "format_mean_std",

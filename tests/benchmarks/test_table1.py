@@ -161,6 +161,13 @@ def test_common_overrides_share_one_dataset_across_seeds(tmp_path):
     seeds = [table1.common_overrides({**cfg, "seed": s}, tmp_path, per_seed=True) for s in (0, 1, 2)]
     assert {o["phantom_dir"] for o in seeds} == {str(tmp_path / "phantom")}
     assert [o["phantom#seed"] for o in seeds] == [0, 0, 0] and [o["seed"] for o in seeds] == [0, 1, 2]
+    assert "best_checkpoint_from_epoch" not in seeds[0]
+
+
+def test_protocol_secondary_checkpoint_is_from_the_second_half(tmp_path):
+    cfg = {**table1.PRESETS["protocol"], "seed": 0, "data_seed": 0}
+    for epochs, first in ((24, 13), (47, 24), (1, 1)):
+        assert table1.common_overrides({**cfg, "epochs": epochs}, tmp_path)["best_checkpoint_from_epoch"] == first
 
 
 def test_pooled_paired_test_matches_seed_and_pair_with_effect_sizes():
