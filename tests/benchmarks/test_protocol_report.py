@@ -4,7 +4,6 @@ interval, the grid pick, the verdict rules, and a whole report on small syntheti
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import sys
@@ -13,20 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name: str):
-    if str(BENCH) not in sys.path:
-        sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _load("protocol_report")
-table1 = _load("table1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import protocol_report as report  # noqa: E402
+import table1  # noqa: E402
 
 
 def test_holm_hand_example_monotone_capped_and_nan_not_counted():

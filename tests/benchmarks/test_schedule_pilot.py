@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-if str(BENCH) not in sys.path:
-    sys.path.insert(0, str(BENCH))
-_spec = importlib.util.spec_from_file_location("bench_schedule_pilot", BENCH / "schedule_pilot.py")
-pilot = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pilot)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import schedule_pilot as pilot  # noqa: E402
 
 
 def test_moving_average_is_trailing_and_nan_before_a_full_window():
