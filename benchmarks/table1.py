@@ -42,7 +42,9 @@ The primary result is the LAST checkpoint of every run (``models/model_final.pt`
 (:func:`pooled_paired_test`: Wilcoxon over seeds x pairs, mean difference, Cohen's d_z, rank-biserial) go to
 ``results/table1_<preset>_seeds.json`` and the ``table1:<preset>:seeds`` section of ``results.md``. Without
 ``--seeds`` (one seed, ``--seed``) the layout and outputs are those above (plus ``table1_<preset>_runs*.csv``, the
-same record as it lands).
+same record as it lands). Each learned row is scored as soon as its training ends, before the next one starts.
+Several processes may train disjoint rows at once (``--no_docs``, so that they do not overwrite each other's
+records); ``--collect`` then writes the record of every finished run into ``docs/`` without training anything.
 
 Nothing finished is redone: a training whose ``train_done.json`` records the same command is reused (``--retrain``
 forces it); an interrupted one (``train_started.json`` with the same command and an epoch checkpoint in
@@ -131,6 +133,9 @@ def main() -> None:
     ap.add_argument("--figure_pair", type=int, default=0, help="index of the test pair shown in the figures")
     ap.add_argument("--retrain", action="store_true", help="train again even when a row's training finished")
     ap.add_argument("--no_docs", action="store_true", help="do not write into docs/ (smoke runs)")
+    ap.add_argument("--collect", action="store_true",
+                    help="train nothing: report the finished trainings among --rows / --seeds (scoring them if "
+                         "needed) and list the others as pending; for runs trained by several processes at once")
     ap.add_argument("--no_final", action="store_true",
                     help="do not also score the learned rows' last checkpoint (models/model_final.pt)")
     args = ap.parse_args()
@@ -165,32 +170,36 @@ def main() -> None:
         key = seed if per_seed else None
         datalist = make_dataset(overrides)
         print(f"[table1] seed {seed}: dataset {datalist}, {({**cfg, 'seed': seed})}", flush=True)
-        trained = {row: train_row(row, spec, overrides, out, args.retrain, args.threads, seed=key)
-                   for row, spec in rows.items() if spec["kind"] == "learned"}
-        if not checked:
-            check_classical(rows, spacing, args.threads)
-            checked = True
         figure_pair = -1 if per_seed else args.figure_pair
+        trained: dict[str, dict[str, Any]] = {}
         pairs: dict[str, list[dict[str, Any]]] = {}
         slices: dict[str, dict[str, np.ndarray]] = {}
-        for row, spec in rows.items():
+        final_pairs: dict[str, list[dict[str, Any]]] = {}
+        # the learned rows first, each scored as soon as it is trained, so that its results land (and can be
+        # committed) before the next training starts; then the classical rows
+        for row, spec in sorted(rows.items(), key=lambda kv: kv[1]["kind"] != "learned"):
+            if spec["kind"] == "learned":
+                root = run_dir(out, row, key)
+                if args.collect and training_action(root, training_command(root, spec, overrides)) != "reuse":
+                    print(f"[table1] seed {seed} {row}: training not finished, pending ({root})", flush=True)
+                    continue
+                trained[row] = train_row(row, spec, overrides, out, args.retrain, args.threads, seed=key)
+            elif not checked:
+                check_classical(rows, spacing, args.threads)
+                checked = True
             t = time.time()
             pairs[row], slices[row] = scored_row(row, spec, overrides, out, spacing, args.threads, figure_pair,
                                                  seed=key, checkpoint="best")
             recorder.add(seed, "best", row, pairs[row], trained.get(row))
             print(f"[table1] seed {seed} {row}: {len(pairs[row])} pairs (best checkpoint) in "
                   f"{time.time() - t:.0f} s", flush=True)
-        # the learned rows with their last checkpoint (the primary result of the multi-seed test)
-        final_pairs: dict[str, list[dict[str, Any]]] = {}
-        if not args.no_final:
-            for row, spec in rows.items():
-                if spec["kind"] == "learned":
-                    final_pairs[row] = scored_row(row, spec, overrides, out, spacing, args.threads, -1, seed=key,
-                                                  checkpoint="final")[0]
-                else:
-                    final_pairs[row] = pairs[row]
-                recorder.add(seed, "final", row, final_pairs[row], trained.get(row))
-            print(f"[table1] seed {seed}: learned rows evaluated with their last checkpoint too", flush=True)
+            if args.no_final:
+                continue
+            # the last checkpoint: the primary result of the multi-seed test (a classical row has one result)
+            final_pairs[row] = pairs[row] if spec["kind"] != "learned" else scored_row(
+                row, spec, overrides, out, spacing, args.threads, -1, seed=key, checkpoint="final")[0]
+            recorder.add(seed, "final", row, final_pairs[row], trained.get(row))
+        pairs, slices, final_pairs = ({r: d[r] for r in rows if r in d} for d in (pairs, slices, final_pairs))
         runs[seed] = {"overrides": overrides, "trained": trained, "pairs": pairs, "slices": slices,
                       "final_pairs": final_pairs}
 
@@ -199,6 +208,7 @@ def main() -> None:
     else:
         r = runs[seeds[0]]
         pairs, trained, final_pairs = r["pairs"], r["trained"], r["final_pairs"]
+        rows = {k: v for k, v in rows.items() if k in pairs}  # --collect: the finished ones
         summary = summarise(rows, pairs, trained, out)
         comparisons = paired_comparisons(pairs)
         final = {"summary": summarise(rows, final_pairs, trained, out, "final"),

@@ -156,6 +156,52 @@ def test_training_decision_reuse_resume_or_clean(tmp_path):
     assert table1.training_action(root, other) == "clean"
 
 
+def _run_main(monkeypatch, tmp_path, *extra):
+    """``table1.main`` over two grid rows and Initial with the training and scoring replaced by stubs that log."""
+    calls = []
+
+    def train_row(row, spec, overrides, out, retrain, threads, *, seed=None):
+        calls.append(("train", row))
+        return {"row": row, "train_seconds": 1.0, "steps": 2, "peak_rss_mib": 3.0}
+
+    def scored_row(row, spec, overrides, out, spacing, threads, figure_pair, *, seed=None, checkpoint="best"):
+        calls.append((checkpoint, row))
+        return [{"fixed": "f", "moving": "m", "dice_mean": "0.5"}], {}
+
+    monkeypatch.setattr(table1, "make_dataset", lambda overrides: "dataset.json")
+    monkeypatch.setattr(table1, "train_row", train_row)
+    monkeypatch.setattr(table1, "scored_row", scored_row)
+    monkeypatch.setattr(table1, "write_seed_outputs", lambda *a, **k: calls.append(("report",)))
+    monkeypatch.setenv("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+    monkeypatch.setattr(sys, "argv", ["table1.py", "--preset", "protocol", "--seeds", "0", "--rows", "initial",
+                                      "vm_l1", "vm_l2", "--out", str(tmp_path), "--no_docs",
+                                      "--threads", str(torch.get_num_threads()), *extra])
+    table1.main()
+    return calls
+
+
+def test_each_learned_row_is_scored_right_after_its_training(monkeypatch, tmp_path):
+    calls = _run_main(monkeypatch, tmp_path)
+    assert calls == [("train", "vm_l1"), ("best", "vm_l1"), ("final", "vm_l1"),
+                     ("train", "vm_l2"), ("best", "vm_l2"), ("final", "vm_l2"), ("best", "initial"), ("report",)]
+    with open(tmp_path / "results" / "table1_protocol_seeds.csv") as f:
+        assert [r["row"] for r in csv.DictReader(f) if r["seed"] == "0"] == ["initial", "vm_l1", "vm_l2"] * 2
+
+
+def test_collect_trains_nothing_and_reports_the_finished_runs(monkeypatch, tmp_path):
+    cfg = {**table1.PRESETS["protocol"], "seed": 0, "data_seed": 0}
+    overrides = table1.common_overrides(cfg, tmp_path, per_seed=True)
+    spec = table1.all_rows([1, 2])["vm_l1"]
+    root = table1.run_dir(tmp_path, "vm_l1", 0)
+    root.mkdir(parents=True)
+    (root / "train_done.json").write_text(json.dumps({"command": table1.training_command(root, spec, overrides)[1:]}))
+    calls = _run_main(monkeypatch, tmp_path, "--collect")
+    # vm_l1 finished: its record is read (train_row reuses it) and scored; vm_l2 never started: left pending
+    assert calls == [("train", "vm_l1"), ("best", "vm_l1"), ("final", "vm_l1"), ("best", "initial"), ("report",)]
+    with open(tmp_path / "results" / "table1_protocol_seeds.csv") as f:
+        assert {r["row"] for r in csv.DictReader(f)} == {"initial", "vm_l1"}
+
+
 def test_common_overrides_share_one_dataset_across_seeds(tmp_path):
     cfg = {"num_pairs": 4, "num_val": 1, "num_test": 1, "spatial_size": [32, 32, 32], "epochs": 1, "data_seed": 0}
     seeds = [table1.common_overrides({**cfg, "seed": s}, tmp_path, per_seed=True) for s in (0, 1, 2)]
