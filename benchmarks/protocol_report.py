@@ -221,12 +221,21 @@ def time_verdict(as_atc_seconds: float, grid_seconds: Sequence[float]) -> str:
     return "reproduced" if as_atc_seconds < sum(grid_seconds) else "not reproduced"
 
 
+def missing_text(missing: Sequence[str]) -> str:
+    """Missing runs (``"<row> seed <k>"``) grouped by row: ``"vm_l1 seeds 1, 2; as_atc seed 0"``."""
+    by_row: dict[str, list[str]] = {}
+    for run in missing:
+        row, _, seed = run.rpartition(" seed ")
+        by_row.setdefault(row, []).append(seed)
+    return "; ".join(f"{row} seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)}" for row, seeds in by_row.items())
+
+
 def verdict_text(verdict: str, missing: Sequence[str], seeds: Sequence[int] = ()) -> str:
     """The verdict as reported: "pending (missing: ...)", or marked partial when runs it needs are not in yet."""
     if verdict == "pending":
-        return f"pending (missing: {', '.join(missing)})"
+        return f"pending (missing: {missing_text(missing)})"
     if missing:
-        return f"{verdict} (partial: seeds {', '.join(map(str, seeds))}; missing: {', '.join(missing)})"
+        return f"{verdict} (partial: seeds {', '.join(map(str, seeds))}; missing: {missing_text(missing)})"
     return verdict
 
 

@@ -79,6 +79,8 @@ def test_verdict_rules():
     assert report.time_verdict(100.0, [30.0] * 5) == "reproduced"
     assert report.time_verdict(150.0, [30.0] * 5) == "not reproduced"
     assert report.verdict_text("pending", ["as_atc seed 2"]) == "pending (missing: as_atc seed 2)"
+    assert report.verdict_text("pending", ["vm_l1 seed 1", "vm_l1 seed 2", "as seed 0"]) == (
+        "pending (missing: vm_l1 seeds 1, 2; as seed 0)")
     assert report.verdict_text("reversed", ["as_atc seed 2"], [0, 1]) == \
         "reversed (partial: seeds 0, 1; missing: as_atc seed 2)"
     assert report.verdict_text("reproduced", []) == "reproduced"

@@ -202,6 +202,49 @@ def test_collect_trains_nothing_and_reports_the_finished_runs(monkeypatch, tmp_p
         assert {r["row"] for r in csv.DictReader(f)} == {"initial", "vm_l1"}
 
 
+def test_scores_keep_the_run_key_and_the_checkpoint_file_apart(monkeypatch, tmp_path):
+    spec = table1.all_rows([1])["vm_l1"]
+    root = table1.run_dir(tmp_path, "vm_l1", 0)
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "model_final.pt").write_bytes(b"x")
+    evaluated = []
+
+    def evaluate_row(row, spec, ov, out, spacing, threads, figure_pair, *, seed=None):
+        evaluated.append(row)  # the evaluator's rows name the checkpoint file in a "checkpoint" column
+        return [{"fixed": "f", "moving": "m", "checkpoint": "/x/model_final.pt", "checkpoint_epoch": "7",
+                 "dice_mean": "0.5"}], {}
+
+    monkeypatch.setattr(table1, "evaluate_row", evaluate_row)
+    args = ("vm_l1", spec, {"seed": 0}, tmp_path, [1.0, 1.0, 1.0], 1, -1)
+    fresh = table1.scored_row(*args, seed=0, checkpoint="final")[0]
+    reused = table1.scored_row(*args, seed=0, checkpoint="final")[0]
+    assert evaluated == ["vm_l1"] and fresh == reused
+    assert reused[0]["checkpoint_file"] == "/x/model_final.pt" and "checkpoint" not in reused[0]
+    with open(root / "scores_final.csv") as f:
+        (line,) = csv.DictReader(f)
+    assert (line["checkpoint"], line["checkpoint_file"], line["seed"]) == ("final", "/x/model_final.pt", "0")
+    rec = table1.RunRecorder(tmp_path / "t_seeds", {"vm_l1": spec}, tmp_path, per_seed=True)
+    rec.add(0, "final", "vm_l1", fresh)
+    with open(tmp_path / "t_seeds_pairs.csv") as f:
+        assert [r["checkpoint"] for r in csv.DictReader(f)] == ["final"]
+
+
+def test_validation_record_of_the_scored_checkpoint(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("".join(f"x Epoch[{e}] Metrics -- dice_mean: {v} val_mean_dice: {v} \n"
+                           for e, v in ((0, 0.7), (12, 0.9), (24, 0.8), (36, 0.85)))
+                   + "x Key metric: val_mean_dice best value: 0.9 at epoch: 12\n")
+    # the saver's pick from epoch 19 on was epoch 36; Ignite's log line names the best over all epochs
+    assert table1.validation_record(log, "best", 36) == (36, 0.85)
+    assert table1.validation_record(log, "best") == (12, 0.9)
+    assert table1.validation_record(log, "final") == (36, 0.85)
+    assert table1.validation_record(log, "best", 30) == (30, None)
+    assert table1.scored_epoch([{"checkpoint_epoch": "36"}, {"checkpoint_epoch": "36"}]) == 36
+    assert table1.scored_epoch([{"dice_mean": "0.5"}]) is None
+    with pytest.raises(ValueError, match="several epochs"):
+        table1.scored_epoch([{"checkpoint_epoch": "36"}, {"checkpoint_epoch": "12"}])
+
+
 def test_common_overrides_share_one_dataset_across_seeds(tmp_path):
     cfg = {"num_pairs": 4, "num_val": 1, "num_test": 1, "spatial_size": [32, 32, 32], "epochs": 1, "data_seed": 0}
     seeds = [table1.common_overrides({**cfg, "seed": s}, tmp_path, per_seed=True) for s in (0, 1, 2)]
