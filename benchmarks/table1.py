@@ -466,7 +466,21 @@ def training_command(root: Path, spec: Mapping[str, Any], overrides: Mapping[str
            "--bundle_root", str(root), "--resume", str(bool(resume))]
     for k, v in {**overrides, **spec["overrides"]}.items():
         cmd += [f"--{k}", json.dumps(v) if isinstance(v, (list, dict)) else str(v)]
-    return cmd
+    return cmd + FLOAT32
+
+
+# Every benchmark training runs in float32, whatever the machine: the bundle's ``amp`` default depends on the
+# hardware (mtreg_monai.utils.fast_mixed_precision), and the rows of one table must be computed alike.
+FLOAT32 = ["--amp", "False"]
+
+
+def same_command(recorded: Any, command: Sequence[str]) -> bool:
+    """
+    Whether a recorded command (``train_started.json``/``train_done.json``) is ``command``. A command recorded
+    before the bundle had an ``amp`` option has no ``--amp``; it ran in float32, which is ``--amp False``.
+    """
+    command = list(command)
+    return recorded == command or (command[-2:] == FLOAT32 and recorded == command[:-2])
 
 
 def resume_checkpoints(root: Path) -> list[Path]:
@@ -488,10 +502,10 @@ def training_action(root: Path, command: Sequence[str], retrain: bool = False) -
         return "clean"
     recorded = command[1:]
     done = root / "train_done.json"
-    if done.is_file() and _read_json(done).get("command") == recorded:
+    if done.is_file() and same_command(_read_json(done).get("command"), recorded):
         return "reuse"
     started = root / "train_started.json"
-    if started.is_file() and _read_json(started).get("command") == recorded and resume_checkpoints(root):
+    if started.is_file() and same_command(_read_json(started).get("command"), recorded) and resume_checkpoints(root):
         return "resume"
     return "clean"
 

@@ -6,6 +6,6 @@ learning-based abdominal registration", MICCAI 2022.
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__"]

@@ -52,3 +52,22 @@ def test_binary(tmp_path):
     path = tmp_path / "x.bin"
     atomic_write(path, lambda f: f.write(b"\x00\x01"), binary=True)
     assert path.read_bytes() == b"\x00\x01"
+
+
+def test_fast_mixed_precision_by_device(monkeypatch):
+    """amp is on for CUDA and for a CPU with AMX tiles, off for any other CPU or device."""
+    import torch
+
+    from mtreg_monai.utils import fast_mixed_precision
+
+    assert fast_mixed_precision("cuda") is True
+    assert fast_mixed_precision(torch.device("cuda:1")) is True
+    assert fast_mixed_precision("meta") is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert fast_mixed_precision("cpu") is True
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert fast_mixed_precision(torch.device("cpu")) is False
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # a build without the query
+    assert fast_mixed_precision("cpu") is False
+    with pytest.raises(RuntimeError):
+        fast_mixed_precision("not-a-device")

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from ignite.engine import Engine, EventEnum
 from ignite.metrics import Metric
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedTrainer, Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
 from monai.inferers import Inferer
 from monai.networks.blocks import Warp
@@ -82,6 +82,10 @@ class RegistrationTrainer(SupervisedTrainer):
         warp_mode: interpolation of the moving image, ``"bilinear"`` (MONAI ``Warp``).
         warp_padding_mode: padding of the moving image outside its grid (MONAI ``Warp``).
         max_nonfinite_steps: consecutive non-finite losses tolerated before training stops.
+        amp: automatic mixed precision for the student (and, through
+            :class:`~mtreg_monai.handlers.MCUncertaintyHandler`, the teacher's MC passes): ``torch.autocast`` on the
+            engine's device, bfloat16 on a CPU; the network's output convolution stays float32. The bundle's default is
+            :func:`~mtreg_monai.utils.fast_mixed_precision` of the device.
         other args: as :class:`monai.engines.SupervisedTrainer`; ``prepare_batch`` defaults to
             :class:`~mtreg_monai.engines.PrepareRegistrationBatch`, ``decollate`` to ``False``.
     """
@@ -158,6 +162,16 @@ class RegistrationTrainer(SupervisedTrainer):
         self.max_nonfinite_steps = max_nonfinite_steps
         self.nonfinite_in_a_row = 0
         self.logger = logging.getLogger(__name__)
+
+    def run(self) -> None:  # type: ignore[override]
+        """
+        Run the training (MONAI's ``Trainer.run``), with a gradient scaler only where one is needed: float16
+        autocast on CUDA. CPU autocast computes in bfloat16, whose float32 exponent range needs no loss scaling
+        (MONAI would build a ``torch.cuda.amp.GradScaler`` that warns and disables itself on a CPU).
+        """
+        cuda = torch.device(self.state.device).type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp and cuda else None
+        super(Trainer, self).run()  # Workflow.run: Trainer.run would replace the scaler
 
     def _iteration(self, engine: RegistrationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

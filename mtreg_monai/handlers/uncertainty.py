@@ -129,7 +129,8 @@ class MCUncertaintyHandler:
     (``ddf_floor``, ``image_floor``) caps the ratio there (a deviation from the paper, see
     :func:`coefficient_of_variation`).
 
-    Everything is computed without gradients.
+    Everything is computed without gradients, under the engine's mixed precision (``engine.amp``, as the
+    student's pass; the samples' statistics in float32).
 
     Args:
         network: the teacher, e.g. ``MeanTeacherHandler(...).teacher``.
@@ -173,6 +174,8 @@ class MCUncertaintyHandler:
     def __call__(self, engine: Engine) -> None:
         out = engine.state.output
         moving, fixed = out[Keys.MOVING_IMAGE], out[Keys.FIXED_IMAGE]
-        ddfs, warped = mc_predictions(self.network, moving, fixed, self.num_samples, self.warp)
+        with torch.autocast(moving.device.type, enabled=bool(getattr(engine, "amp", False)),
+                            **(getattr(engine, "amp_kwargs", None) or {})):
+            ddfs, warped = mc_predictions(self.network, moving, fixed, self.num_samples, self.warp)
         out[Keys.TEACHER_DDF], out[Keys.UNCERTAINTY_PHI] = coefficient_of_variation(ddfs, self.ddf_floor)
         out[Keys.TEACHER_WARPED_IMAGE], out[Keys.UNCERTAINTY_IMAGE] = coefficient_of_variation(warped, self.image_floor)

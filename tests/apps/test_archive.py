@@ -72,7 +72,7 @@ def test_reproducible(bundle_copy, tmp_path):
 def test_default_out(bundle_copy, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--bundle", str(bundle_copy)]) == 0
-    assert (tmp_path / "dist" / f"{DEFAULT_NAME}_v0.2.0.zip").is_file()
+    assert (tmp_path / "dist" / f"{DEFAULT_NAME}_v0.3.0.zip").is_file()
 
 
 def test_bundle_files_default_bundle():

@@ -156,6 +156,27 @@ def test_training_decision_reuse_resume_or_clean(tmp_path):
     assert table1.training_action(root, other) == "clean"
 
 
+def test_trainings_are_float32_and_older_records_count_as_such(tmp_path):
+    """Every benchmark training passes --amp False; a command recorded before the option (no --amp) ran in float32
+    and is the same command, one with --amp True is not."""
+    spec = {"overrides": {"method": "vm"}}
+    root = table1.run_dir(tmp_path, "vm_l3", 0)
+    cmd = table1.training_command(root, spec, {"seed": 0})
+    assert cmd[-2:] == ["--amp", "False"]
+    legacy, mixed = cmd[1:-2], cmd[1:-2] + ["--amp", "True"]
+    assert table1.same_command(cmd[1:], cmd[1:]) and table1.same_command(legacy, cmd[1:])
+    assert not table1.same_command(mixed, cmd[1:]) and not table1.same_command(None, cmd[1:])
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "vm_checkpoint_epoch=3.pt").write_bytes(b"x")
+    (root / "train_started.json").write_text(json.dumps({"command": legacy}))
+    assert table1.training_action(root, cmd) == "resume"
+    (root / "train_done.json").write_text(json.dumps({"command": legacy}))
+    assert table1.training_action(root, cmd) == "reuse"
+    for record in ("train_done.json", "train_started.json"):
+        (root / record).write_text(json.dumps({"command": mixed}))
+    assert table1.training_action(root, cmd) == "clean"
+
+
 def _run_main(monkeypatch, tmp_path, *extra):
     """``table1.main`` over two grid rows and Initial with the training and scoring replaced by stubs that log."""
     calls = []

@@ -98,6 +98,20 @@ def test_training_reduces_loss():
     assert losses[-1] < losses[0]
 
 
+def test_cpu_mixed_precision_needs_no_scaler(recwarn):
+    """amp on a CPU: bfloat16 autocast, no (CUDA) gradient scaler and no warning about one; the loss still falls
+    and the displacement is float32."""
+    data = _pairs(1) * 20
+    trainer = _trainer(data, lambda_phi=0.01, amp=True)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    trainer.run()
+    assert trainer.scaler is None
+    assert not [w for w in recwarn if "GradScaler" in str(w.message)]
+    assert trainer.state.output["ddf"].dtype == torch.float32
+    assert losses[-1] < losses[0]
+
+
 def test_nonfinite_loss_skips_update(caplog):
     trainer = _trainer(_pairs(1, nan_at=0), max_nonfinite_steps=3)
     before = [p.detach().clone() for p in trainer.network.parameters()]

@@ -110,6 +110,33 @@ def test_handler_outputs_and_shapes():
     assert not any(v.requires_grad for v in out.values())
 
 
+def test_teacher_pass_follows_the_engine_amp():
+    """With ``engine.amp`` the MC passes run under autocast (bfloat16 trunk on a CPU) and the maps stay float32,
+    close to the float32 ones."""
+    torch.manual_seed(0)
+    net = MCVoxelMorph(dropout=0.3, **SMALL).eval()
+    with torch.no_grad():
+        net.backbone.head.weight.normal_(0, 0.05)
+    moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    pair = {"moving_image": moving, "fixed_image": fixed}
+    outs = []
+    for amp in (False, True):
+        handler = MCUncertaintyHandler(net, num_samples=4)
+        engine = Engine(lambda e, b: (e.fire_event(RegistrationEvents.TEACHER_PASS), e.state.output)[1])
+        engine.register_events(*RegistrationEvents)
+        engine.amp, engine.amp_kwargs = amp, {}
+        engine.add_event_handler(Events.ITERATION_STARTED, lambda e: setattr(e.state, "output", dict(pair)))
+        handler.attach(engine)
+        torch.manual_seed(3)  # the same dropout masks
+        engine.run([0], max_epochs=1)
+        outs.append(engine.state.output)
+    for key in ("teacher_ddf", "teacher_warped_image", "u_phi", "u_image"):
+        assert outs[1][key].dtype == torch.float32
+    assert not torch.equal(outs[0]["teacher_ddf"], outs[1]["teacher_ddf"])
+    scale = outs[0]["teacher_ddf"].abs().max().item()
+    torch.testing.assert_close(outs[1]["teacher_ddf"], outs[0]["teacher_ddf"], rtol=0.1, atol=0.02 * scale)
+
+
 def test_no_dropout_no_uncertainty():
     net = MCVoxelMorph(dropout=0.0, **SMALL).eval()
     out = _run(MCUncertaintyHandler(net, num_samples=3), torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16))

@@ -56,6 +56,26 @@ def test_mc_sample_equals_full_passes(scope):
     assert (shared.std(0) > 0).float().mean() > 0.5
 
 
+@pytest.mark.parametrize("scope", ["decoder", "head"])
+def test_head_is_float32_under_autocast(scope):
+    """Under bfloat16 autocast the trunk computes in bfloat16 but the displacement (the head) stays float32, for
+    forward and for the shared-prefix MC samples, and is close to the float32 network's."""
+    torch.manual_seed(0)
+    net = MCVoxelMorph(dropout=0.3, dropout_scope=scope, **SMALL).eval()
+    with torch.no_grad():
+        net.backbone.head.weight.normal_(0, 0.05)
+    x = torch.rand(1, 2, *SIZE)
+    with torch.no_grad():
+        reference = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ddf = net(x)
+            with mc_dropout_mode(net):
+                samples = net.mc_sample(x, 3)
+    assert ddf.dtype == torch.float32 and samples.dtype == torch.float32
+    assert not torch.equal(ddf, reference)  # the trunk did run in bfloat16
+    torch.testing.assert_close(ddf, reference, rtol=0.1, atol=0.02 * reference.abs().max().item())
+
+
 def test_diffeomorphic_mc_sample_matches_forward():
     net = MCVoxelMorph(integration_steps=4, dropout=0.3, **SMALL).eval()
     x = torch.rand(2, 2, *SIZE)

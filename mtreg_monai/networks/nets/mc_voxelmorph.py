@@ -240,8 +240,15 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         return y
 
     def forward_head(self, y: torch.Tensor) -> torch.Tensor:
-        """Head dropout and the output convolution on full-resolution features."""
-        return self.head(self.head_dropout(y))
+        """
+        Head dropout and the output convolution on full-resolution features.
+
+        The head always runs in float32, also under ``torch.autocast``: a bfloat16 displacement (8 significant
+        bits) would be quantised to ~0.02 voxel at 5 voxels, enough to make the smoothness term and the Jacobian
+        determinant noisy. The head is ~1 % of the network's arithmetic.
+        """
+        with torch.autocast(y.device.type, enabled=False):
+            return self.head(self.head_dropout(y.float()))
 
     def forward(self, x: torch.Tensor, code: torch.Tensor | None = None) -> torch.Tensor:
         """
@@ -302,16 +309,18 @@ class MCDropoutVoxelMorphUNet(nn.Module):
         """
         b, c = y.shape[:2]
         out = self.out_channels
-        masks = torch.stack([drop.channel_mask(b, c, y) for _ in range(num_samples)], dim=1)  # (B, N, c)
-        weight, bias = self.head.weight, self.head.bias
-        conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
-        samples = []
-        for i in range(b):  # one convolution per pair: its N masks become N groups of output channels
-            w = weight.unsqueeze(0) * masks[i].reshape(num_samples, 1, c, *([1] * self.spatial_dims))
-            w = w.reshape(num_samples * out, c, *weight.shape[2:])
-            s = conv(y[i : i + 1], w, bias.repeat(num_samples), padding=self.head.padding)
-            samples.append(s.reshape(num_samples, out, *y.shape[2:]))
-        return torch.stack(samples, dim=1)  # (N, B, out, *spatial)
+        y = y.float()
+        with torch.autocast(y.device.type, enabled=False):  # float32, as forward_head
+            masks = torch.stack([drop.channel_mask(b, c, y) for _ in range(num_samples)], dim=1)  # (B, N, c)
+            weight, bias = self.head.weight, self.head.bias
+            conv = F.conv3d if self.spatial_dims == 3 else F.conv2d
+            samples = []
+            for i in range(b):  # one convolution per pair: its N masks become N groups of output channels
+                w = weight.unsqueeze(0) * masks[i].reshape(num_samples, 1, c, *([1] * self.spatial_dims))
+                w = w.reshape(num_samples * out, c, *weight.shape[2:])
+                s = conv(y[i : i + 1], w, bias.repeat(num_samples), padding=self.head.padding)
+                samples.append(s.reshape(num_samples, out, *y.shape[2:]))
+            return torch.stack(samples, dim=1)  # (N, B, out, *spatial)
 
 
 class MCVoxelMorph(nn.Module):
