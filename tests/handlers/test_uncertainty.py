@@ -81,9 +81,10 @@ def test_ill_args(samples, kwargs, match):
         coefficient_of_variation(samples, **kwargs)
 
 
-def _run(handler: MCUncertaintyHandler, moving: torch.Tensor, fixed: torch.Tensor) -> dict:
+def _run(handler: MCUncertaintyHandler, moving: torch.Tensor, fixed: torch.Tensor, amp: bool = False) -> dict:
     engine = Engine(lambda e, b: (e.fire_event(RegistrationEvents.TEACHER_PASS), e.state.output)[1])
     engine.register_events(*RegistrationEvents)
+    engine.amp, engine.amp_kwargs = amp, {}  # as a RegistrationTrainer has them
 
     @engine.on(Events.ITERATION_STARTED)
     def _put(e):
@@ -118,18 +119,10 @@ def test_teacher_pass_follows_the_engine_amp():
     with torch.no_grad():
         net.backbone.head.weight.normal_(0, 0.05)
     moving, fixed = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
-    pair = {"moving_image": moving, "fixed_image": fixed}
     outs = []
     for amp in (False, True):
-        handler = MCUncertaintyHandler(net, num_samples=4)
-        engine = Engine(lambda e, b: (e.fire_event(RegistrationEvents.TEACHER_PASS), e.state.output)[1])
-        engine.register_events(*RegistrationEvents)
-        engine.amp, engine.amp_kwargs = amp, {}
-        engine.add_event_handler(Events.ITERATION_STARTED, lambda e: setattr(e.state, "output", dict(pair)))
-        handler.attach(engine)
         torch.manual_seed(3)  # the same dropout masks
-        engine.run([0], max_epochs=1)
-        outs.append(engine.state.output)
+        outs.append(_run(MCUncertaintyHandler(net, num_samples=4), moving, fixed, amp=amp))
     for key in ("teacher_ddf", "teacher_warped_image", "u_phi", "u_image"):
         assert outs[1][key].dtype == torch.float32
     assert not torch.equal(outs[0]["teacher_ddf"], outs[1]["teacher_ddf"])
