@@ -50,6 +50,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_table import DEFAULT_PAPER, side_by_side_markdown  # noqa: E402
 from table1 import (  # noqa: E402
     CLASSICAL_ROWS,
     TABLE_ORDER,
@@ -494,8 +495,10 @@ def checkpoint_markdown(result: Mapping[str, Any]) -> list[str]:
             f"({picks}).", "", *claims_markdown(result), "", *curve_markdown(claims[3]), "", *time_markdown(claims[5])]
 
 
-def report_markdown(report: Mapping[str, Any], docs: Path, inputs: Sequence[Path], figure: Path | None) -> str:
-    """The ``table1:protocol:verdicts`` section: runs in, then primary and secondary results, then the figure."""
+def report_markdown(report: Mapping[str, Any], docs: Path, inputs: Sequence[Path], figure: Path | None,
+                    paper_table: str | None = None) -> str:
+    """The ``table1:protocol:verdicts`` section: runs in, then primary and secondary results, then the figure,
+    then ``paper_table`` (the paper's Table 1 beside ours, :func:`paper_table.side_by_side_markdown`) if given."""
     src = ", ".join(f"[{os.path.relpath(p, docs)}]({os.path.relpath(p, docs)})" for p in inputs)
     lines = [f"### Protocol verdicts (generated {report['generated']} by `python benchmarks/protocol_report.py` "
              f"from {src})", "",
@@ -511,6 +514,15 @@ def report_markdown(report: Mapping[str, Any], docs: Path, inputs: Sequence[Path
         lines += ["", "Dice against std |J| per seed, last checkpoints (numbers in "
                       "[results/table1_protocol_tradeoff.csv](results/table1_protocol_tradeoff.csv)):", "",
                   f"![protocol trade-off]({os.path.relpath(figure, docs)})"]
+    if paper_table is not None:
+        lines += ["", "#### The paper's Table 1 beside ours", "",
+                  "Each cell reads \"paper / ours\": the paper's figure as printed (its Table 1: mean ± std over its "
+                  "10 test pairs, [results/paper_table1.csv](results/paper_table1.csv)), then ours pooled over the "
+                  "seeds in (last checkpoints, mean ± std over seeds x test pairs; our kidney is the mean of the right "
+                  "and left kidney). Only the rows both tables have; the paper has no lambda = 2 or 4 row, we have no "
+                  "Deeds. The two settings differ in data, resolution and schedule (\"What differs from the paper\" "
+                  "at the top of this page): compare the orderings within a column, not the levels across the two.",
+                  "", paper_table]
     return "\n".join(lines)
 
 
@@ -525,7 +537,8 @@ def write_outputs(report: Mapping[str, Any], docs: Path, inputs: Sequence[Path])
     figure = fig_dir / "table1_protocol_tradeoff.png" if report["tradeoff"] else None
     if figure is not None:
         plot_tradeoff(report["tradeoff"], figure)
-    replace_section(docs / "results.md", SECTION, report_markdown(report, docs, inputs, figure))
+    paper = side_by_side_markdown(inputs[1], DEFAULT_PAPER) if DEFAULT_PAPER.is_file() else None
+    replace_section(docs / "results.md", SECTION, report_markdown(report, docs, inputs, figure, paper))
     print(f"[protocol_report] wrote {res_dir / 'table1_protocol_verdicts.json'}, {docs / 'results.md'}", flush=True)
 
 

@@ -634,21 +634,15 @@ def validation_record(train_log: Path, checkpoint: str = "best", epoch: int | No
                       ) -> tuple[int | None, float | None]:
     """
     ``(epoch, validation mean Dice)`` of a checkpoint, from the bundle's training log. With ``epoch`` (the epoch of
-    the checkpoint scored, which the evaluation records), the validation at that epoch. Without it: ``"best"`` is
-    the best validation Ignite reports (over all epochs, so not the saver's pick when ``best_checkpoint_from_epoch``
-    skips the first ones), ``"final"`` the last validation (``model_final.pt``).
+    the checkpoint scored, which the evaluation records), the validation at that epoch. Without it, ``"final"`` is
+    the last validation (``model_final.pt``); ``"best"`` is unknown, ``(None, None)``: the best validation Ignite
+    logs is over all epochs, so it is not the saver's pick when ``best_checkpoint_from_epoch`` skips the first ones.
     """
-    import re
-
     if epoch is not None:
         found = dict(validation_curve(train_log))
-        return (epoch, found[epoch]) if epoch in found else (epoch, None)
-    if not train_log.is_file():
-        return None, None
-    text = train_log.read_text(errors="replace")
+        return epoch, found.get(epoch)
     if checkpoint == "best":
-        found = re.findall(r"best value: ([0-9.eE+-]+) at epoch: (\d+)", text)
-        return (int(found[-1][1]), float(found[-1][0])) if found else (None, None)
+        return None, None
     curve = validation_curve(train_log)
     return curve[-1] if curve else (None, None)
 

@@ -180,6 +180,9 @@ def test_end_to_end_verdicts_json_markdown_and_figure(tmp_path):
     assert "<!-- table1:protocol:verdicts:begin -->" in md and "Grid best: **VM (lambda=3)**" in md
     assert "| 4 | AS+TC − AS, Dice (points) | 4 |" in md and "figures/table1_protocol_tradeoff.png" in md
     assert (out / "figures" / "table1_protocol_tradeoff.png").stat().st_size > 0
+    # the paper's Table 1 beside ours: the pooled (seed = all) last-checkpoint line of vm_l5, the only one written
+    assert "#### The paper's Table 1 beside ours" in md
+    assert "| VM (lambda=5) / vm_l5 | 84.28 ± 2.93 / n/a |" in md and "| VM (AS+ATC) /" not in md
     with open(out / "results" / "table1_protocol_tradeoff.csv") as f:
         plotted = list(csv.DictReader(f))
     assert len(plotted) == 9 + 6 + 6 and {r["row"] for r in plotted if r["seed"] == "1"} == set(MULTI)
