@@ -79,7 +79,7 @@ def _our_cell(r: Mapping[str, str], cols: list[str], dec: int) -> str:
 
 def side_by_side_markdown(our_summary_csv: str | Path, paper_csv: str | Path = DEFAULT_PAPER) -> str:
     """A markdown table, one line per row of ours that the paper has too (in the paper's order), each cell
-    "paper / ours"."""
+    "paper / ours"; our label names the number of seeds pooled where the summary has it."""
     ours = our_rows(_read(our_summary_csv))
     paper = {r["method"]: r for r in _read(paper_csv)}
     lines = ["| Method (paper / ours) | " + " | ".join(c[0] for c in COLUMNS) + " |",
@@ -89,7 +89,9 @@ def side_by_side_markdown(our_summary_csv: str | Path, paper_csv: str | Path = D
             continue
         p, r = paper.get(method), ours[row]
         cells = [f"{_paper_cell(p, mc, sc)} / {_our_cell(r, oc, dec)}" for _, mc, sc, oc, dec in COLUMNS]
-        lines.append(f"| {method} / {r.get('label', row)} | " + " | ".join(cells) + " |")
+        n = r.get("n_seeds", "")
+        label = r.get("label", row) + (f" ({n} seed{'' if n == '1' else 's'})" if n else "")
+        lines.append(f"| {method} / {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

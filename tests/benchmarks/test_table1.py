@@ -319,16 +319,16 @@ def test_paper_side_by_side_keeps_printed_entries_and_averages_our_kidneys(tmp_p
                      "nonpositive_jacobian_percent,jacobian_std\n"
                      "VM (AS+ATC),87.01,3.22,84.47,2.86,<0.0005,0.13\nDeeds,82.16,3.15,83.82,3.02,0.01,0.28\n")
     ours = tmp_path / "ours.csv"
-    ours.write_text("seed,checkpoint,row,label,dice_liver_mean,dice_liver_std,dice_right_kidney_mean,"
+    ours.write_text("seed,checkpoint,row,n_seeds,label,dice_liver_mean,dice_liver_std,dice_right_kidney_mean,"
                     "dice_right_kidney_std,dice_left_kidney_mean,dice_left_kidney_std,folding_percent_mean\n"
-                    "all,best,as_atc,AS+ATC,1,1,1,1,1,1,1\n"
-                    "0,final,as_atc,AS+ATC,2,2,2,2,2,2,2\n"
-                    "all,final,as_atc,AS+ATC,90,3,80,2,90,4,0\n"
-                    "all,final,elastix,elastix,90,3,80,2,90,4,0\n")
+                    "all,best,as_atc,3,AS+ATC,1,1,1,1,1,1,1\n"
+                    "0,final,as_atc,1,AS+ATC,2,2,2,2,2,2,2\n"
+                    "all,final,as_atc,3,AS+ATC,90,3,80,2,90,4,0\n"
+                    "all,final,elastix,1,elastix,90,3,80,2,90,4,0\n")
     text = paper_table.side_by_side_markdown(ours, paper)
     lines = text.splitlines()
     assert len(lines) == 3 and "Deeds" not in text and "elastix" not in text
-    assert "| 87.01 ± 3.22 / 90.00 ± 3.00 |" in lines[2]  # the pooled last-checkpoint line
+    assert lines[2].startswith("| VM (AS+ATC) / AS+ATC (3 seeds) | 87.01 ± 3.22 / 90.00 ± 3.00 |")  # pooled, last
     assert "84.47 ± 2.86 / 85.00 ± 3.00" in lines[2]  # kidney: mean of right and left
     assert "<0.0005 / 0.000" in lines[2]  # as printed
     shipped = Path(__file__).resolve().parents[2] / "docs" / "results" / "paper_table1.csv"
