@@ -209,6 +209,13 @@ def test_each_learned_row_is_scored_right_after_its_training(monkeypatch, tmp_pa
         assert [r["row"] for r in csv.DictReader(f) if r["seed"] == "0"] == ["initial", "vm_l1", "vm_l2"] * 2
 
 
+def test_classical_rows_are_scored_for_the_first_seed_only(monkeypatch, tmp_path):
+    calls = _run_main(monkeypatch, tmp_path, "--seeds", "0", "1")
+    learned = [("train", "vm_l1"), ("best", "vm_l1"), ("final", "vm_l1"), ("train", "vm_l2"), ("best", "vm_l2"),
+               ("final", "vm_l2")]
+    assert calls == [*learned, ("best", "initial"), *learned, ("report",)]
+
+
 def test_collect_trains_nothing_and_reports_the_finished_runs(monkeypatch, tmp_path):
     cfg = {**table1.PRESETS["protocol"], "seed": 0, "data_seed": 0}
     overrides = table1.common_overrides(cfg, tmp_path, per_seed=True)
