@@ -45,6 +45,9 @@ The primary result is the LAST checkpoint of every run (``models/model_final.pt`
 same record as it lands). Each learned row is scored as soon as its training ends, before the next one starts.
 Several processes may train disjoint rows at once (``--no_docs``, so that they do not overwrite each other's
 records); ``--collect`` then writes the record of every finished run into ``docs/`` without training anything.
+A multi-seed run that writes into ``docs/`` keeps the runs already recorded there (:meth:`RunRecorder.load`: runs
+of earlier sessions, whose training folders are gone) and replaces only the (seed, row, checkpoint) it scores again,
+so ``--collect --seeds 0 --rows as`` adds one run to the record of all the others.
 
 Nothing finished is redone: a training whose ``train_done.json`` records the same command is reused (``--retrain``
 forces it); an interrupted one (``train_started.json`` with the same command and an epoch checkpoint in
@@ -161,7 +164,11 @@ def main() -> None:
     per_seed = args.seeds is not None
     seeds = list(dict.fromkeys(args.seeds)) if per_seed else [args.seed]
     res_dir = (out if args.no_docs else Path(args.docs)) / "results"
-    recorder = RunRecorder(res_dir / f"table1_{args.preset}_{'seeds' if per_seed else 'runs'}", rows, out, per_seed)
+    recorder = RunRecorder(res_dir / f"table1_{args.preset}_{'seeds' if per_seed else 'runs'}", all_rows(args.grid),
+                           out, per_seed)
+    if per_seed and not args.no_docs:
+        kept = recorder.load()
+        print(f"[table1] kept {kept} (seed, row, checkpoint) results recorded in {res_dir}", flush=True)
     started = time.time()
     spacing = [f / s for f, s in zip(common_overrides(cfg, out)["phantom#field_of_view"], cfg["spatial_size"])]
     checked = False
@@ -300,17 +307,62 @@ class RunRecorder:
     is the last checkpoint (``checkpoint = final``), the best-validation one is secondary.
     """
 
+    RUN_KEYS = ("seed", "row", "checkpoint", "primary", "n_seeds")
+
     def __init__(self, stem: Path, rows: Mapping[str, Mapping[str, Any]], out: Path, per_seed: bool):
         self.stem, self.rows, self.out, self.per_seed = stem, rows, out, per_seed
         self.pairs: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
         self.trained: dict[tuple[int, str], dict[str, Any]] = {}
+        # per-seed summary lines and training records of runs recorded earlier (:meth:`load`), kept as written
+        self.recorded: dict[tuple[int, str, str], dict[str, Any]] = {}
+        self.recorded_training: dict[str, Any] = {}
+
+    def load(self) -> int:
+        """
+        Keep the runs already recorded in ``<stem>_pairs.csv``, ``<stem>.csv`` and ``<stem>.json``: runs land over
+        several sessions and a run's training folder does not outlive its session, so its recorded pairs, per-seed
+        summary line (validation Dice, training time) and training record are kept as written, unless this process
+        scores the same (seed, row, checkpoint) again (:meth:`add` replaces it). Returns the number of runs kept.
+        """
+        pairs_csv, summary_csv = self.stem.with_name(self.stem.name + "_pairs.csv"), self.stem.with_suffix(".csv")
+        if not pairs_csv.is_file() or not summary_csv.is_file():
+            return 0
+        with open(pairs_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                key = (int(r["seed"]), r["checkpoint"], r["row"])
+                self.pairs.setdefault(key, []).append({k: v for k, v in r.items() if k not in self.RUN_KEYS})
+        with open(summary_csv, newline="") as f:
+            for r in csv.DictReader(f):
+                if r["seed"] == "all" or (int(r["seed"]), r["checkpoint"], r["row"]) not in self.pairs:
+                    continue  # the pooled lines are recomputed
+                key = (int(r["seed"]), r["checkpoint"], r["row"])
+                line = {k: _csv_value(v) for k, v in r.items() if k not in self.RUN_KEYS}
+                self.recorded[key] = {"row": r["row"], **line}
+                if math.isfinite(float(line.get("train_seconds") or math.nan)):
+                    self.trained[(key[0], key[2])] = {"train_seconds": line["train_seconds"],
+                                                      "steps": int(line.get("train_steps") or 0),
+                                                      "peak_rss_mib": float(line.get("train_peak_rss_mib") or math.nan)}
+        missing = sorted(set(self.pairs) - set(self.recorded))
+        if missing:
+            raise ValueError(f"{pairs_csv}: runs {missing} have pairs but no summary line in {summary_csv}.")
+        unknown = sorted({row for _, _, row in self.pairs} - set(self.rows))
+        if unknown:
+            raise ValueError(f"{pairs_csv}: rows {unknown} recorded, expected some of {sorted(self.rows)}.")
+        if self.stem.with_suffix(".json").is_file():
+            self.recorded_training = _read_json(self.stem.with_suffix(".json")).get("training", {})
+        return len(self.recorded)
 
     def add(self, seed: int, checkpoint: str, row: str, pair_rows: Sequence[Mapping[str, Any]],
             trained: Mapping[str, Any] | None = None) -> None:
         self.pairs[(seed, checkpoint, row)] = [dict(r) for r in pair_rows]
+        self.recorded.pop((seed, checkpoint, row), None)
         if trained:
             self.trained[(seed, row)] = dict(trained)
         self.write()
+
+    def seeds(self) -> list[int]:
+        """Every seed with a result, recorded earlier or scored now."""
+        return sorted({seed for seed, _, _ in self.pairs})
 
     def pairs_by_seed(self, checkpoint: str) -> dict[int, dict[str, list[dict[str, Any]]]]:
         by: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -324,9 +376,12 @@ class RunRecorder:
         for ck in ("final", "best"):
             by_seed = self.pairs_by_seed(ck)
             for seed, prs in sorted(by_seed.items()):
-                rows = {r: self.rows[r] for r in _order(prs)}
+                rows = {r: self.rows[r] for r in _order(prs) if (seed, ck, r) not in self.recorded}
                 trained = {r: self.trained[(seed, r)] for r in rows if (seed, r) in self.trained}
-                for rec in summarise(rows, prs, trained, self.out, ck, seed=seed if self.per_seed else None):
+                fresh = {rec["row"]: rec for rec in summarise(rows, prs, trained, self.out, ck,
+                                                             seed=seed if self.per_seed else None)}
+                for r in _order(prs):
+                    rec = fresh[r] if r in fresh else self.recorded[(seed, ck, r)]
                     table.append({"seed": seed, "checkpoint": ck, "primary": ck == "final", "n_seeds": 1, **rec})
             for row in _order({r: 1 for prs in by_seed.values() for r in prs}):
                 seeds = [s for s in sorted(by_seed) if row in by_seed[s]]
@@ -365,8 +420,9 @@ def write_seed_outputs(args, cfg, out: Path, rows, runs: Mapping[int, Mapping[st
     docs = out if args.no_docs else Path(args.docs)
     stem = recorder.stem.name
     summary = recorder.summary()
-    seeds = sorted(runs)
-    trained_all = {f"seed{s}/{r}": t for s in seeds for r, t in runs[s]["trained"].items()}
+    seeds = recorder.seeds()
+    trained_all = {**recorder.recorded_training,
+                   **{f"seed{s}/{r}": t for s in sorted(runs) for r, t in runs[s]["trained"].items()}}
     info = run_info(args, {**cfg, "seeds": seeds}, spacing, seconds, trained_all)
     size = "x".join(str(v) for v in cfg["spatial_size"])
     lines = [f"### Preset `{args.preset}`, seeds {', '.join(map(str, seeds))}: {size} voxels, {cfg['epochs']} "
@@ -627,6 +683,19 @@ def evaluate_row(row: str, spec: Mapping[str, Any], overrides: Mapping[str, Any]
 METRIC_COLUMNS = ["dice_liver", "dice_spleen", "dice_right_kidney", "dice_left_kidney", "dice_mean", "asd_liver",
                   "asd_spleen", "asd_right_kidney", "asd_left_kidney", "asd_mean", "folding_percent",
                   "jacobian_std", "seconds"]
+
+
+def _csv_value(text: str) -> Any:
+    """A value read back from :func:`write_csv`: ``""`` -> None, an integer or float literal -> int or float (so
+    ``"nan"`` -> nan), anything else the string."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def column_values(pair_rows: Sequence[Mapping[str, Any]], col: str) -> np.ndarray:

@@ -319,6 +319,40 @@ def test_recorder_writes_seed_rows_and_the_pooled_last_checkpoint_first(tmp_path
     assert float(summary[-1]["dice_mean_seed_std"]) == pytest.approx(math.sqrt(200.0))
 
 
+def test_recorder_keeps_runs_recorded_by_an_earlier_session(tmp_path):
+    rows = table1.all_rows([1.0])
+    first = table1.RunRecorder(tmp_path / "t_seeds", rows, tmp_path, per_seed=True)
+    trained = {"train_seconds": 120.0, "steps": 30, "peak_rss_mib": 900.0}
+    for seed in (0, 1):
+        first.add(seed, "final", "vm_l1", _pairs([0.6 + 0.1 * seed, 0.7]), trained)
+    # the validation Dice comes from the run's train.log, which a later session no longer has
+    log = tmp_path / "runs" / "seed0" / "vm_l1" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("x Epoch[4] Metrics -- val_mean_dice: 0.8 \n")
+    first.write()
+    log.unlink()
+    written = {name: (tmp_path / name).read_text() for name in ("t_seeds.csv", "t_seeds_pairs.csv")}
+
+    later = table1.RunRecorder(tmp_path / "t_seeds", rows, tmp_path, per_seed=True)
+    assert later.load() == 2 and later.seeds() == [0, 1]
+    later.write()  # nothing scored again: the record is rewritten as it was
+    assert {name: (tmp_path / name).read_text() for name in written} == written
+    later.add(0, "final", "as_atc", _pairs([0.9, 0.9]), {**trained, "train_seconds": 60.0})
+    summary = later.summary()
+    seed0 = {r["row"]: r for r in summary if r["seed"] == 0}
+    assert seed0["vm_l1"]["val_dice"] == pytest.approx(80.0) and seed0["vm_l1"]["train_seconds"] == 120.0
+    assert seed0["as_atc"]["dice_mean_mean"] == pytest.approx(90.0)
+    pooled = {r["row"]: r for r in summary if r["seed"] == "all"}
+    assert pooled["vm_l1"]["n_seeds"] == 2 and pooled["vm_l1"]["dice_mean_mean"] == pytest.approx(67.5)
+    assert pooled["vm_l1"]["train_seconds"] == pytest.approx(120.0) and pooled["as_atc"]["n_seeds"] == 1
+    # scoring a recorded run again replaces it
+    later.add(1, "final", "vm_l1", _pairs([0.5, 0.5]), trained)
+    assert {r["row"]: r for r in later.summary() if r["seed"] == 1}["vm_l1"]["dice_mean_mean"] == pytest.approx(50.0)
+    (tmp_path / "t_seeds.csv").write_text("seed,checkpoint,row\n")
+    with pytest.raises(ValueError, match="no summary line"):
+        table1.RunRecorder(tmp_path / "t_seeds", rows, tmp_path, per_seed=True).load()
+
+
 def test_paper_side_by_side_keeps_printed_entries_and_averages_our_kidneys(tmp_path):
     paper_table = _load("paper_table")
     paper = tmp_path / "paper.csv"
