@@ -307,7 +307,7 @@ class RunRecorder:
     is the last checkpoint (``checkpoint = final``), the best-validation one is secondary.
     """
 
-    RUN_KEYS = ("seed", "row", "checkpoint", "primary", "n_seeds")
+    RECORD_KEYS = (*RUN_KEYS, "primary", "n_seeds")  # the columns write() and summary() add to a run's records
 
     def __init__(self, stem: Path, rows: Mapping[str, Mapping[str, Any]], out: Path, per_seed: bool):
         self.stem, self.rows, self.out, self.per_seed = stem, rows, out, per_seed
@@ -330,16 +330,19 @@ class RunRecorder:
         with open(pairs_csv, newline="") as f:
             for r in csv.DictReader(f):
                 key = (int(r["seed"]), r["checkpoint"], r["row"])
-                self.pairs.setdefault(key, []).append({k: v for k, v in r.items() if k not in self.RUN_KEYS})
+                self.pairs.setdefault(key, []).append({k: v for k, v in r.items() if k not in self.RECORD_KEYS})
         with open(summary_csv, newline="") as f:
             for r in csv.DictReader(f):
-                if r["seed"] == "all" or (int(r["seed"]), r["checkpoint"], r["row"]) not in self.pairs:
+                if r["seed"] == "all":
                     continue  # the pooled lines are recomputed
                 key = (int(r["seed"]), r["checkpoint"], r["row"])
-                line = {k: _csv_value(v) for k, v in r.items() if k not in self.RUN_KEYS}
+                if key not in self.pairs:
+                    continue
+                line = {k: _csv_value(v) for k, v in r.items() if k not in self.RECORD_KEYS}
                 self.recorded[key] = {"row": r["row"], **line}
-                if math.isfinite(float(line.get("train_seconds") or math.nan)):
-                    self.trained[(key[0], key[2])] = {"train_seconds": line["train_seconds"],
+                seconds = line.get("train_seconds")
+                if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                    self.trained[(key[0], key[2])] = {"train_seconds": seconds,
                                                       "steps": int(line.get("train_steps") or 0),
                                                       "peak_rss_mib": float(line.get("train_peak_rss_mib") or math.nan)}
         missing = sorted(set(self.pairs) - set(self.recorded))
